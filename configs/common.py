@@ -1,0 +1,83 @@
+"""Defaults shared by every experiment: optimizer, mesh, sharding rules, checkpoints, logging.
+
+An experiment file starts from `get_config()` here and overrides what it needs. Every field
+can be overridden on the command line: `--config.optimizer.learning_rate=3e-4`.
+"""
+
+import ml_collections
+
+from perceiver_jax.model.build import default_model_config
+
+
+def parse_arg(arg: str | None, **defaults):
+  """Parses 'a=1,b=x' variant strings (configs/x.py:a=1,b=x), typed by the defaults."""
+  values = dict(defaults)
+  for item in filter(None, (arg or '').split(',')):
+    key, _, value = item.partition('=')
+    if key not in defaults:
+      raise ValueError(f'Unknown config variant key {key!r}; valid keys: {sorted(defaults)}.')
+    kind = type(defaults[key])
+    values[key] = (value.lower() in ('1', 'true', 'yes')) if kind is bool else kind(value)
+  return ml_collections.ConfigDict(values)
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+
+  config.data = ml_collections.ConfigDict(dict(
+      name='',                  # TFDS name, optionally with builder config: 'mnist1d/shuffled'
+      data_dir=ml_collections.FieldReference(None, field_type=str),  # None: $TFDS_DATA_DIR or ~/tensorflow_datasets
+      train_split='train',
+      eval_split='test',
+      normalize=(0.0, 1.0),     # inputs -> (x - mean) / std
+      augment='',
+  ))
+
+  config.model = default_model_config()
+
+  config.train = ml_collections.ConfigDict(dict(
+      batch_size=64,            # global batch, over all devices and processes
+      num_steps=1000,           # length of the run (and of the LR schedule)
+      max_steps_per_run=0,      # >0: stop (with a checkpoint) after this many steps; rerun resumes
+      log_every_steps=50,
+      eval_every_steps=0,       # 0: evaluate only at the end
+      label_smoothing=0.0,
+  ))
+
+  config.optimizer = ml_collections.ConfigDict(dict(
+      name='adamw',             # adamw | lamb
+      learning_rate=1e-3,       # peak, after warmup
+      warmup_steps=100,
+      schedule='cosine',        # cosine | constant_cosine | constant | linear
+      decay_start_fraction=0.0, # constant_cosine: fraction of post-warmup steps held at peak
+      end_lr_factor=0.0,
+      b1=0.9,
+      b2=0.999,
+      eps=1e-8,
+      weight_decay=1e-4,        # masked: no decay on biases, norms and other 1-D params
+      clip_norm=1.0,            # global-norm clipping; 0 disables
+  ))
+
+  config.eval = ml_collections.ConfigDict(dict(batch_size=256))
+
+  # -1: all remaining devices. Pure data parallel by default.
+  config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  # Logical axis -> mesh axes. FSDP shards the model width; tensor parallelism the heads/MLP.
+  config.sharding = ml_collections.ConfigDict(dict(rules=(
+      ('batch', ('data', 'fsdp')),
+      ('embed', 'fsdp'),
+      ('input_channels', 'fsdp'),
+      ('pos_channels', 'fsdp'),
+      ('heads', 'tensor'),
+      ('mlp', 'tensor'),
+      ('classes', 'tensor'),
+      ('latents', None),
+  )))
+
+  config.checkpoint = ml_collections.ConfigDict(dict(
+      every_steps=500,
+      keep=3,                   # newest checkpoints kept
+      async_save=True,
+  ))
+  return config

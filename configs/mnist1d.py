@@ -1,0 +1,56 @@
+"""Perceiver on MNIST-1D (Greydanus 2020), generated offline by the mnist1d package.
+
+Variants (configs/mnist1d.py:model=raw,data=shuffled):
+  model=patches  width-2 patches + linear + 1-D Fourier features (default)
+  model=raw      the pure Perceiver: raw samples + learned position encodings
+  data=plain     the standard 4000/1000 split (default)
+  data=shuffled  the same data under one fixed permutation of the 40 positions
+"""
+
+from configs import common
+
+
+def get_config(arg=None):
+  config = common.get_config()
+  variant = common.parse_arg(arg, model='patches', data='plain', steps=4000)
+  if variant.model not in ('patches', 'raw'):
+    raise ValueError(f'Unknown mnist1d model variant {variant.model!r}; use patches or raw.')
+  if variant.data not in ('plain', 'shuffled'):
+    raise ValueError(f'Unknown mnist1d data variant {variant.data!r}; use plain or shuffled.')
+
+  config.data.name = f'mnist1d/{variant.data}'
+  config.data.normalize = (0.0, 1.0)  # the generator already standardises the signal
+
+  model = config.model
+  model.num_classes = 10
+  pos = model.preprocessor.position_encoding
+  if variant.model == 'patches':
+    model.preprocessor.name = 'patches'
+    model.preprocessor.patch_size = (2,)
+    model.preprocessor.num_channels = 64
+    pos.name = 'fourier'
+    pos.num_bands = 16
+    pos.max_resolution = (20,)
+  else:
+    model.preprocessor.name = 'generic'
+    pos.name = 'trainable'
+    pos.num_channels = 64
+  model.encoder.num_latents = 32
+  model.encoder.num_latent_channels = 128
+  model.encoder.num_blocks = 2
+  model.encoder.num_self_attends_per_block = 2
+  model.encoder.num_cross_attend_heads = 1
+  model.encoder.num_self_attend_heads = 4
+  model.encoder.dropout_prob = 0.1
+  model.decoder.name = 'classification'
+
+  config.train.batch_size = 100
+  config.train.num_steps = variant.steps
+  config.train.log_every_steps = 200
+  config.train.eval_every_steps = 1000
+  config.eval.batch_size = 500
+  config.optimizer.learning_rate = 1e-3
+  config.optimizer.warmup_steps = 200
+  config.optimizer.weight_decay = 5e-2
+  config.checkpoint.every_steps = 1000
+  return config

@@ -1,0 +1,1 @@
+"""Perceiver and Perceiver IO in JAX / Flax NNX."""

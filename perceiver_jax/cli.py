@@ -1,0 +1,75 @@
+"""Command-line mains behind train.py / eval.py and the perceiver-train / perceiver-eval scripts."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from perceiver_jax.errors import UserError
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file(
+    'config', None, 'Experiment config file, optionally with a variant: configs/mnist1d.py:model=raw',
+    lock_config=True)
+flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and evaluations.')
+
+
+def _setup_logging() -> None:
+  # absl logs to stderr with a long prefix; keep lines short and readable.
+  logging.getLogger().setLevel(logging.INFO)
+  for noisy in ('absl', 'orbax', 'jax._src', 'tensorflow_datasets', 'grain'):
+    logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _run(fn) -> None:
+  """Runs fn; user errors print one sentence and exit 2 instead of a traceback."""
+  try:
+    fn()
+  except UserError as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
+
+
+def _require_flags() -> None:
+  if FLAGS.config is None:
+    raise UserError('--config is required, e.g. --config=configs/digits.py.')
+  if not FLAGS.workdir:
+    raise UserError('--workdir is required: the directory for checkpoints and metrics.')
+
+
+def _train(argv) -> None:
+  del argv
+  _setup_logging()
+
+  def go():
+    _require_flags()
+    from perceiver_jax import trainer  # heavy imports after flag parsing
+    metrics = trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    print(json.dumps({'final_eval': metrics}))
+  _run(go)
+
+
+def _eval(argv) -> None:
+  del argv
+  _setup_logging()
+
+  def go():
+    _require_flags()
+    from perceiver_jax import evaluator
+    result = evaluator.evaluate(FLAGS.config, FLAGS.workdir, step=FLAGS.step, split=FLAGS.split)
+    print(json.dumps(result))
+  _run(go)
+
+
+def train_main() -> None:
+  app.run(_train)
+
+
+def eval_main() -> None:
+  flags.DEFINE_integer('step', None, 'Checkpoint step to evaluate (default: the latest).')
+  flags.DEFINE_string('split', None, 'Split to evaluate (default: config.data.eval_split).')
+  app.run(_eval)

@@ -1,0 +1,54 @@
+"""evaluate(config, workdir, step): restore a checkpoint onto this run's mesh and evaluate it."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import jax
+
+from perceiver_jax import checkpoint as ckpt
+from perceiver_jax import sharding as shd
+from perceiver_jax import state as state_lib
+from perceiver_jax import steps
+from perceiver_jax.data import pipeline
+from perceiver_jax.metrics_log import format_metrics
+from perceiver_jax.optim import make_optimizer
+from perceiver_jax.validate import validate_config
+
+
+def evaluate(config, workdir: str, step: int | None = None, split: str | None = None) -> dict:
+  """Evaluates the checkpoint at `step` (default: latest) and writes WORKDIR/eval_<step>.json.
+
+  The mesh comes from this run's config and devices, not the training run's: Orbax
+  restores each array straight into the sharding this mesh wants.
+  """
+  validate_config(config)
+  mesh = shd.make_mesh(config.mesh)
+  validate_config(config, mesh=mesh, training=False)
+  manager = ckpt.make_manager(workdir, read_only=True)
+  step = ckpt.resolve_step(manager, workdir, step)
+  split = split or config.data.eval_split
+
+  input_shape = tuple(pipeline.dataset_info(config.data).input_shape)
+  tx, _ = make_optimizer(config.optimizer, int(config.train.num_steps))
+  spec, _, _ = state_lib.model_spec(config, input_shape)
+  abstract, shardings = state_lib.state_shardings(config, input_shape, mesh, tx)
+  state = ckpt.restore(manager, step, state_lib.abstract_with_shardings(abstract, shardings))
+  ckpt.log_restored(step, workdir)
+
+  eval_step = steps.make_eval_step(spec, mesh, shardings.params, shardings.model_state)
+  batches = pipeline.make_eval_iterator(
+      config.data, split, global_batch_size=int(config.eval.batch_size),
+      process_index=jax.process_index(), process_count=jax.process_count())
+  to_global = lambda batch: pipeline.to_global(batch, shd.batch_sharding(mesh))
+  metrics = steps.evaluate_split(eval_step, state.params, state.model_state, batches, to_global)
+  manager.close()
+
+  result = {'step': step, 'split': split, **metrics}
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, f'eval_{step}.json'), 'w') as f:
+      json.dump(result, f, indent=2)
+    logging.info('eval of step %d on %s: %s', step, split, format_metrics(metrics))
+  return result

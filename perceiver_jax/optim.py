@@ -1,0 +1,64 @@
+"""Optax optimizers from config: AdamW or LAMB, warmup + decay schedules, decay masks, clipping."""
+
+from __future__ import annotations
+
+import jax
+import optax
+
+from perceiver_jax.errors import UserError
+
+OPTIMIZERS = ('adamw', 'lamb')
+SCHEDULES = ('cosine', 'constant_cosine', 'constant', 'linear')
+
+
+def make_schedule(opt_config, num_steps: int) -> optax.Schedule:
+  """Linear warmup to `learning_rate`, then the configured decay until `num_steps`.
+
+  'constant_cosine' holds the peak until `decay_start_fraction` of training, then cosine
+  decays (the Perceiver papers' ImageNet schedule).
+  """
+  peak = float(opt_config.learning_rate)
+  warmup = int(opt_config.warmup_steps)
+  end = peak * float(opt_config.end_lr_factor)
+  name = opt_config.schedule
+  if name not in SCHEDULES:
+    raise UserError(f'Unknown schedule {name!r} (config.optimizer.schedule); use one of {SCHEDULES}.')
+  decay_steps = max(num_steps - warmup, 1)
+  if name == 'cosine':
+    decay = optax.cosine_decay_schedule(peak, decay_steps, alpha=end / peak if peak else 0.0)
+  elif name == 'linear':
+    decay = optax.linear_schedule(peak, end, decay_steps)
+  elif name == 'constant':
+    decay = optax.constant_schedule(peak)
+  else:
+    hold = int(decay_steps * float(opt_config.decay_start_fraction))
+    decay = optax.join_schedules(
+        [optax.constant_schedule(peak),
+         optax.cosine_decay_schedule(peak, max(decay_steps - hold, 1), alpha=end / peak if peak else 0.0)],
+        [hold])
+  if warmup == 0:
+    return decay
+  return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), decay], [warmup])
+
+
+def decay_mask(params):
+  """True for weights that get weight decay: matrices, not biases, norms or 1-D vectors."""
+  return jax.tree.map(lambda p: p.ndim > 1, params)
+
+
+def make_optimizer(opt_config, num_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """The optimizer chain (clip -> adamw|lamb with masked weight decay) and its LR schedule."""
+  schedule = make_schedule(opt_config, num_steps)
+  name = opt_config.name
+  kwargs = dict(b1=float(opt_config.b1), b2=float(opt_config.b2), eps=float(opt_config.eps),
+                weight_decay=float(opt_config.weight_decay), mask=decay_mask)
+  if name == 'adamw':
+    opt = optax.adamw(schedule, **kwargs)
+  elif name == 'lamb':
+    opt = optax.lamb(schedule, **kwargs)
+  else:
+    raise UserError(f'Unknown optimizer {name!r} (config.optimizer.name); use one of {OPTIMIZERS}.')
+  chain = [opt]
+  if opt_config.clip_norm and float(opt_config.clip_norm) > 0:
+    chain.insert(0, optax.clip_by_global_norm(float(opt_config.clip_norm)))
+  return optax.chain(*chain), schedule

@@ -1,0 +1,127 @@
+"""train_and_evaluate(config, workdir): the training loop, in banner-marked sections."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+import jax
+import numpy as np
+from flax import nnx
+
+from perceiver_jax import checkpoint as ckpt
+from perceiver_jax import sharding as shd
+from perceiver_jax import state as state_lib
+from perceiver_jax import steps
+from perceiver_jax.data import pipeline
+from perceiver_jax.metrics_log import MetricsLog, Progress, format_metrics
+from perceiver_jax.model.summary import format_summary, model_summary
+from perceiver_jax.validate import validate_config
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+  """Trains `config` in `workdir` (resuming if it holds checkpoints) and evaluates at the end.
+
+  Returns the final evaluation metrics.
+  """
+  # ----------------------------------------------------------------------------------------
+  # Set-up: validate before anything expensive, then the mesh, the data and the model.
+  # ----------------------------------------------------------------------------------------
+  validate_config(config)
+  mesh = shd.make_mesh(config.mesh)
+  validate_config(config, mesh=mesh)
+  os.makedirs(workdir, exist_ok=True)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      f.write(config.to_json_best_effort(indent=2))
+
+  data_spec = pipeline.dataset_info(config.data)
+  input_shape = tuple(data_spec.input_shape)
+  num_steps = int(config.train.num_steps)
+
+  # ----------------------------------------------------------------------------------------
+  # State: born sharded, or restored (with the data position) from the newest checkpoint.
+  # ----------------------------------------------------------------------------------------
+  state, shardings, spec, tx, schedule = state_lib.create_train_state(config, input_shape, mesh)
+  if jax.process_index() == 0:
+    summary = model_summary(nnx.merge(spec.graphdef, state.params, state.model_state), input_shape)
+    logging.info('Model: %s', format_summary(summary).replace('\n', '; '))
+    logging.info('Mesh %s; %s', dict(mesh.shape), shd.describe(shardings, state))
+
+  train_iter = pipeline.make_train_iterator(
+      config.data, global_batch_size=int(config.train.batch_size), seed=int(config.seed),
+      process_index=jax.process_index(), process_count=jax.process_count())
+  manager = ckpt.make_manager(workdir, config.checkpoint)
+  start_step = 0
+  if manager.latest_step() is not None:
+    start_step = manager.latest_step()
+    target = state_lib.abstract_with_shardings(state, shardings)
+    state = ckpt.restore(manager, start_step, target, train_iter)
+    ckpt.log_restored(start_step, workdir)
+
+  train_step = steps.make_train_step(spec, tx, schedule, config, mesh, shardings)
+  eval_step = steps.make_eval_step(spec, mesh, shardings.params, shardings.model_state)
+  to_global = lambda batch: pipeline.to_global(batch, shd.batch_sharding(mesh))
+  log = MetricsLog(workdir)
+
+  def run_eval(step: int) -> dict:
+    batches = pipeline.make_eval_iterator(
+        config.data, config.data.eval_split, global_batch_size=int(config.eval.batch_size),
+        process_index=jax.process_index(), process_count=jax.process_count())
+    metrics = steps.evaluate_split(eval_step, state.params, state.model_state, batches, to_global)
+    log.write(step, 'eval', metrics)
+    if jax.process_index() == 0:
+      logging.info('eval at step %d: %s', step, format_metrics(metrics))
+    return metrics
+
+  # ----------------------------------------------------------------------------------------
+  # The loop.
+  # ----------------------------------------------------------------------------------------
+  log_every = max(int(config.train.log_every_steps), 1)
+  eval_every = int(config.train.eval_every_steps)
+  progress = Progress(start_step, num_steps)
+  window_start, window_steps = time.perf_counter(), 0
+  step = start_step
+  # A job may be limited to a slice of the run (cluster time limits); rerunning resumes.
+  stop_step = num_steps
+  if int(config.train.max_steps_per_run) > 0:
+    stop_step = min(num_steps, start_step + int(config.train.max_steps_per_run))
+  while step < stop_step:
+    batch = to_global(next(train_iter))
+    state, metrics = train_step(state, batch)
+    step += 1
+    window_steps += 1
+
+    if step % log_every == 0 or step == num_steps:
+      metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+      if not np.isfinite(metrics['loss']):
+        raise FloatingPointError(f'Loss is {metrics["loss"]} at step {step}; the last good '
+                                 f'checkpoint is kept in {ckpt.checkpoint_dir(workdir)}.')
+      elapsed = time.perf_counter() - window_start
+      metrics['examples_per_sec'] = window_steps * int(config.train.batch_size) / elapsed
+      log.write(step, 'train', metrics)
+      progress.update(step, metrics)
+      window_start, window_steps = time.perf_counter(), 0
+    elif progress.interactive:
+      progress.update(step)
+
+    if eval_every and step % eval_every == 0 and step != num_steps:
+      run_eval(step)
+    if step % int(config.checkpoint.every_steps) == 0 or step == stop_step:
+      ckpt.save(manager, step, state, train_iter, force=step == stop_step)
+  progress.close()
+
+  # ----------------------------------------------------------------------------------------
+  # Final evaluation; wait for the last asynchronous save before returning.
+  # ----------------------------------------------------------------------------------------
+  if step < num_steps:
+    manager.wait_until_finished()
+    manager.close()
+    logging.info('Stopped at step %d of %d (train.max_steps_per_run); rerun to resume.',
+                 step, num_steps)
+    return {'step': step, 'stopped_early': True}
+  final = run_eval(step)
+  manager.wait_until_finished()
+  manager.close()
+  return final

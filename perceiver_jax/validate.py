@@ -1,0 +1,47 @@
+"""Config checks that run before anything expensive (no compile, no data read).
+
+Each failure is a `UserError` with one sentence: what is wrong and how to fix it.
+"""
+
+from __future__ import annotations
+
+import jax
+
+from perceiver_jax import sharding as shd
+from perceiver_jax.errors import UserError
+
+
+def _positive(value, name: str, kind=int) -> None:
+  if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+    raise UserError(f'config.{name} must be a positive {kind.__name__}, got {value!r}.')
+
+
+def validate_config(config, *, mesh=None, training: bool = True) -> None:
+  """Checks the config alone, or (with `mesh`) against the devices it will run on."""
+  if not config.data.name:
+    raise UserError('config.data.name is empty; name a dataset, e.g. --config.data.name=digits.')
+  _positive(config.train.batch_size, 'train.batch_size')
+  _positive(config.eval.batch_size, 'eval.batch_size')
+  if training:
+    _positive(config.train.num_steps, 'train.num_steps')
+    _positive(config.optimizer.learning_rate, 'optimizer.learning_rate', float)
+    _positive(config.checkpoint.every_steps, 'checkpoint.every_steps')
+  enc = config.model.encoder
+  for name in ('num_latents', 'num_latent_channels', 'num_blocks', 'num_self_attends_per_block',
+               'num_cross_attend_heads', 'num_self_attend_heads'):
+    _positive(enc[name], f'model.encoder.{name}')
+  if enc.num_latent_channels % enc.num_self_attend_heads:
+    raise UserError(f'model.encoder.num_latent_channels={enc.num_latent_channels} is not '
+                    f'divisible by num_self_attend_heads={enc.num_self_attend_heads}; '
+                    'choose a head count that divides the latent channels.')
+  shd.rules_dict(config.sharding.rules)
+  if mesh is None:
+    return
+  dp = shd.data_parallel_size(mesh)
+  for name in ('train.batch_size', 'eval.batch_size'):
+    section, field = name.split('.')
+    batch = int(config[section][field])
+    if batch % dp or batch % jax.process_count():
+      raise UserError(f'config.{name}={batch} is not divisible by the data-parallel size {dp} '
+                      f'(mesh data x fsdp) and {jax.process_count()} process(es); use a multiple '
+                      f'of {max(dp, jax.process_count())}.')
