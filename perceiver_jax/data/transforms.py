@@ -1,0 +1,69 @@
+"""Per-example numpy transforms, as grain `MapTransform`s.
+
+Each transform takes and returns one example: a dict of numpy arrays without a
+batch dimension (e.g. `inputs` [40, 1] or [8, 8, 1], `label` []). They run
+inside grain's pipeline, before batching.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+import dataclasses
+from typing import Any
+
+import grain
+import numpy as np
+
+Example = dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class ToSupervised(grain.transforms.Map):
+  """Keeps only the (inputs, label) pair, renamed to `inputs` and `label`.
+
+  TFDS datasets name their features differently ('image', 'text', ...); their
+  `supervised_keys` tell which pair to keep. `label` becomes an int32 scalar.
+  """
+
+  inputs_key: str = 'inputs'
+  label_key: str = 'label'
+
+  def map(self, element: Example) -> Example:
+    return {
+        'inputs': np.asarray(element[self.inputs_key]),
+        'label': np.asarray(element[self.label_key], np.int32),
+    }
+
+
+@dataclasses.dataclass(frozen=True)
+class Normalize(grain.transforms.Map):
+  """Casts `inputs` to float32 and maps it to (x - mean) / std.
+
+  mean/std are scalars (one statistic for the whole dataset) or sequences that
+  broadcast against the trailing (channel) axis of `inputs`.
+  """
+
+  mean: float | Sequence[float] = 0.0
+  std: float | Sequence[float] = 1.0
+
+  def map(self, element: Example) -> Example:
+    x = element['inputs'].astype(np.float32)
+    mean = np.asarray(self.mean, np.float32)
+    inv_std = np.float32(1.0) / np.asarray(self.std, np.float32)
+    return {**element, 'inputs': (x - mean) * inv_std}
+
+
+@dataclasses.dataclass(frozen=True)
+class AddMask(grain.transforms.Map):
+  """Adds `mask` float32 [] = `value` (1 for real examples, 0 for padding)."""
+
+  value: float = 1.0
+
+  def map(self, element: Example) -> Example:
+    return {**element, 'mask': np.float32(self.value)}
+
+
+# Augmentations by config name (`data.augment`), each a list of transforms
+# applied to training examples only, after normalisation. Random ones should be
+# `grain.transforms.RandomMap`s so they stay deterministic under the seed.
+AUGMENTATIONS: dict[str, tuple[grain.transforms.Map, ...]] = {'': ()}
