@@ -1,0 +1,17 @@
+"""Perceiver / Perceiver IO model: modules, builder and summary."""
+
+from perceiver_jax.model.attention import (Attention, CrossAttention, MLP, SelfAttention,
+                                           dot_product_attention, make_attention_mask)
+from perceiver_jax.model.build import build_model, default_model_config
+from perceiver_jax.model.decoders import BasicDecoder, ClassificationDecoder, ProjectionDecoder
+from perceiver_jax.model.encoder import PerceiverEncoder
+from perceiver_jax.model.io_processors import (ClassificationPostprocessor,
+                                               GenericPreprocessor, IdentityPostprocessor,
+                                               PatchesPreprocessor, PreprocessorOutput)
+from perceiver_jax.model.perceiver import Perceiver
+from perceiver_jax.model.position_encoding import (FourierPositionEncoding,
+                                                   PositionEncodingProjector,
+                                                   TrainablePositionEncoding,
+                                                   build_position_encoding,
+                                                   generate_fourier_features)
+from perceiver_jax.model.summary import count_params, format_summary, model_summary

@@ -1,0 +1,281 @@
+"""Attention building blocks: the attention kernel, MLP, Attention, Cross/SelfAttention.
+
+Semantics follow DeepMind's reference (`perceiver/perceiver.py`): pre-LayerNorm
+blocks, q/k/v/output projections as 2-D [in, out] kernels, qk_channels defaulting
+to the query input width and v_channels to qk_channels.
+
+Parameter names (ours -> DeepMind Haiku, for weight conversion) are recorded on each
+class as `HAIKU_NAMES`; Linear `kernel`/`bias` map to Haiku `w`/`b`, LayerNorm
+`scale`/`bias` to `scale`/`offset`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+Dtype = Any
+
+# hk.LayerNorm's default epsilon; keeps converted DeepMind weights numerically faithful.
+LAYER_NORM_EPSILON = 1e-5
+
+
+def linear_init(init_scale: float = 1.0):
+  """DeepMind's `conv_1d` initialiser: VarianceScaling(init_scale), fan_in, truncated."""
+  return nnx.initializers.variance_scaling(init_scale, 'fan_in', 'truncated_normal')
+
+
+def dense(in_features: int, out_features: int, names: tuple[str | None, str | None], *,
+          rngs: nnx.Rngs, dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32,
+          use_bias: bool = True, kernel_init=None) -> nnx.Linear:
+  """An [in, out] linear layer whose kernel carries logical axis `names`."""
+  return nnx.Linear(
+      in_features, out_features, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype,
+      kernel_init=kernel_init if kernel_init is not None else linear_init(),
+      kernel_metadata={'out_sharding': names},
+      bias_metadata={'out_sharding': (names[1],)}, rngs=rngs)
+
+
+def layer_norm(num_features: int, name: str | None, *, rngs: nnx.Rngs,
+               dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32) -> nnx.LayerNorm:
+  """LayerNorm over the last axis (statistics are computed in float32 by flax)."""
+  return nnx.LayerNorm(
+      num_features, epsilon=LAYER_NORM_EPSILON, dtype=dtype, param_dtype=param_dtype,
+      use_fast_variance=False, scale_metadata={'out_sharding': (name,)},
+      bias_metadata={'out_sharding': (name,)}, rngs=rngs)
+
+
+def make_attention_mask(query_mask: jax.Array | None, kv_mask: jax.Array | None,
+                        ) -> jax.Array | None:
+  """[batch, q_len] and [batch, kv_len] booleans (True = valid) -> [batch, 1, q_len, kv_len]."""
+  if query_mask is None and kv_mask is None:
+    return None
+  if query_mask is None:
+    return kv_mask.astype(bool)[:, None, None, :]
+  if kv_mask is None:
+    return query_mask.astype(bool)[:, None, :, None]
+  return query_mask.astype(bool)[:, None, :, None] & kv_mask.astype(bool)[:, None, None, :]
+
+
+def _attention_reference(q, k, v, mask, dropout_rate, dropout_rng):
+  """Explicit softmax(q k^T / sqrt(d)) v; used when the fused kernel cannot be."""
+  scale = 1.0 / math.sqrt(q.shape[-1])
+  logits = jnp.einsum('bthd,bThd->bhtT', q, k, preferred_element_type=jnp.float32) * scale
+  if mask is not None:
+    logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+  probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+  if dropout_rate > 0.0 and dropout_rng is not None:
+    keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
+    probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0)
+  return jnp.einsum('bhtT,bThd->bthd', probs.astype(v.dtype), v)
+
+
+def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array,
+                          mask: jax.Array | None = None, *,
+                          dropout_rate: float = 0.0,
+                          dropout_rng: jax.Array | None = None,
+                          implementation: str | None = None,
+                          chunk_size: int | None = None) -> jax.Array:
+  """The single attention entry point of the model.
+
+  Args:
+    q: [batch, q_len, heads, qk_head_dim].
+    k: [batch, kv_len, heads, qk_head_dim].
+    v: [batch, kv_len, heads, v_head_dim].
+    mask: boolean, broadcastable to [batch, heads, q_len, kv_len]; True = attend.
+    dropout_rate: dropout on the attention probabilities (applied iff dropout_rng).
+    dropout_rng: PRNG key for that dropout; None = no dropout.
+    implementation: passed to `jax.nn.dot_product_attention` (None lets JAX pick
+      cuDNN on GPU, 'xla' / 'cudnn' force one).
+    chunk_size: hook for a chunked, memory-efficient path (not implemented yet).
+
+  Returns:
+    [batch, q_len, heads, v_head_dim]. Query rows whose mask is all False are zero
+    (as in DeepMind's `attend`), never NaN.
+  """
+  if chunk_size is not None:
+    raise NotImplementedError(
+        'Chunked attention is not implemented yet; leave chunk_size=None.')
+  if mask is not None:
+    # Keep size-1 axes: a full [batch, heads, q, kv] mask can be huge for big inputs.
+    mask = mask.astype(bool)
+    mask = mask.reshape((1,) * (4 - mask.ndim) + mask.shape)
+  use_dropout = dropout_rate > 0.0 and dropout_rng is not None
+  if use_dropout or v.shape[-1] != k.shape[-1]:
+    # The fused kernel has no probability dropout and needs equal qk / v head dims.
+    out = _attention_reference(q, k, v, mask, dropout_rate, dropout_rng)
+  else:
+    out = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=implementation)
+  if mask is not None:
+    # Softmax over an all-masked row is uniform; DeepMind forces such rows to zero.
+    valid_row = jnp.any(mask, axis=-1)  # [batch|1, heads|1, q_len|1]
+    out = jnp.where(jnp.transpose(valid_row, (0, 2, 1))[..., None], out, 0)  # BTNH
+  return out
+
+
+class MLP(nnx.Module):
+  """Transformer MLP: dense(widening*C) -> GELU -> dense(C) -> dropout. No LayerNorm.
+
+  [batch, index, C] -> [batch, index, C].
+  """
+  HAIKU_NAMES = {'dense_in': 'linear', 'dense_out': 'linear_1'}
+
+  def __init__(self, num_channels: int, *, widening_factor: int = 4,
+               dropout_prob: float = 0.0, init_scale: float = 1.0,
+               channel_name: str | None = 'embed', dtype: Dtype = jnp.float32,
+               param_dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
+    kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype,
+              kernel_init=linear_init(init_scale))
+    hidden = widening_factor * num_channels
+    self.dense_in = dense(num_channels, hidden, (channel_name, 'mlp'), **kw)
+    self.dense_out = dense(hidden, num_channels, ('mlp', channel_name), **kw)
+    self.dropout = nnx.Dropout(dropout_prob)
+
+  def __call__(self, x: jax.Array, *, deterministic: bool = True,
+               rngs: nnx.Rngs | None = None) -> jax.Array:
+    x = jax.nn.gelu(self.dense_in(x))
+    return self.dropout(self.dense_out(x), deterministic=deterministic, rngs=rngs)
+
+
+class Attention(nnx.Module):
+  """Multi-head attention: q from inputs_q, k and v from inputs_kv.
+
+  inputs_q [batch, q_len, q_channels], inputs_kv [batch, kv_len, kv_channels]
+  -> [batch, q_len, output_channels]. qk_channels defaults to q_channels,
+  v_channels to qk_channels, output_channels to v_channels (DeepMind's defaults).
+  """
+  HAIKU_NAMES = {'query': 'linear', 'key': 'linear_1', 'value': 'linear_2',
+                 'output': 'linear_3'}
+
+  def __init__(self, q_channels: int, kv_channels: int, *, num_heads: int = 8,
+               qk_channels: int | None = None, v_channels: int | None = None,
+               output_channels: int | None = None, init_scale: float = 1.0,
+               with_final_bias: bool = True, final_init_scale_multiplier: float = 1.0,
+               dropout_prob: float = 0.0, q_name: str | None = 'embed',
+               kv_name: str | None = 'embed', output_name: str | None = 'embed',
+               dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32,
+               rngs: nnx.Rngs, attention_impl: str | None = None):
+    qk_channels = q_channels if qk_channels is None else qk_channels
+    v_channels = qk_channels if v_channels is None else v_channels
+    output_channels = v_channels if output_channels is None else output_channels
+    for what, c in (('qk_channels', qk_channels), ('v_channels', v_channels)):
+      if c % num_heads:
+        raise ValueError(f'{what} ({c}) must be divisible by num_heads ({num_heads}).')
+    self.num_heads = num_heads
+    self.dropout_prob = dropout_prob
+    self.attention_impl = attention_impl
+    kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+    init = linear_init(init_scale)
+    self.query = dense(q_channels, qk_channels, (q_name, 'heads'), kernel_init=init, **kw)
+    self.key = dense(kv_channels, qk_channels, (kv_name, 'heads'), kernel_init=init, **kw)
+    self.value = dense(kv_channels, v_channels, (kv_name, 'heads'), kernel_init=init, **kw)
+    self.output = dense(v_channels, output_channels, ('heads', output_name),
+                        use_bias=with_final_bias,
+                        kernel_init=linear_init(final_init_scale_multiplier * init_scale),
+                        **kw)
+
+  def __call__(self, inputs_q: jax.Array, inputs_kv: jax.Array,
+               mask: jax.Array | None = None, *, deterministic: bool = True,
+               rngs: nnx.Rngs | None = None) -> jax.Array:
+    """mask: boolean broadcastable to [batch, heads, q_len, kv_len], True = attend."""
+    def split_heads(x):
+      return x.reshape(x.shape[:2] + (self.num_heads, x.shape[-1] // self.num_heads))
+    q = split_heads(self.query(inputs_q))
+    k = split_heads(self.key(inputs_kv))
+    v = split_heads(self.value(inputs_kv))
+    dropout_rng = None
+    if not deterministic and self.dropout_prob > 0.0:
+      if rngs is None:
+        raise ValueError('Attention dropout needs `rngs` when deterministic=False.')
+      dropout_rng = rngs.dropout()
+    out = dot_product_attention(q, k, v, mask, dropout_rate=self.dropout_prob,
+                                dropout_rng=dropout_rng,
+                                implementation=self.attention_impl)
+    return self.output(out.reshape(out.shape[:2] + (-1,)))
+
+
+class CrossAttention(nnx.Module):
+  """Cross-attention block: LN(q), LN(kv) -> attention -> dropout -> (+q) -> +MLP(LN(x)).
+
+  inputs_q [batch, q_len, q_channels], inputs_kv [batch, kv_len, kv_channels]
+  -> [batch, q_len, q_channels].
+  """
+  HAIKU_NAMES = {'query_norm': 'layer_norm', 'kv_norm': 'layer_norm_1',
+                 'attention': 'attention', 'mlp_norm': 'layer_norm_2', 'mlp': 'mlp'}
+
+  def __init__(self, q_channels: int, kv_channels: int, *, num_heads: int = 8,
+               widening_factor: int = 1, dropout_prob: float = 0.0,
+               dropout_attn_prob: float = 0.0, att_init_scale: float = 1.0,
+               dense_init_scale: float = 1.0, shape_for_attn: str = 'kv',
+               use_query_residual: bool = True, qk_channels: int | None = None,
+               v_channels: int | None = None, q_name: str | None = 'embed',
+               kv_name: str | None = 'embed', dtype: Dtype = jnp.float32,
+               param_dtype: Dtype = jnp.float32, rngs: nnx.Rngs,
+               attention_impl: str | None = None):
+    if shape_for_attn not in ('q', 'kv'):
+      raise ValueError(f"shape_for_attn must be 'q' or 'kv', got {shape_for_attn!r}.")
+    if qk_channels is None:
+      qk_channels = q_channels if shape_for_attn == 'q' else kv_channels
+    kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+    self.use_query_residual = use_query_residual
+    self.query_norm = layer_norm(q_channels, q_name, **kw)
+    self.kv_norm = layer_norm(kv_channels, kv_name, **kw)
+    self.attention = Attention(
+        q_channels, kv_channels, num_heads=num_heads, qk_channels=qk_channels,
+        v_channels=v_channels, output_channels=q_channels, init_scale=att_init_scale,
+        dropout_prob=dropout_attn_prob, q_name=q_name, kv_name=kv_name,
+        output_name=q_name, attention_impl=attention_impl, **kw)
+    self.dropout = nnx.Dropout(dropout_prob)
+    self.mlp_norm = layer_norm(q_channels, q_name, **kw)
+    self.mlp = MLP(q_channels, widening_factor=widening_factor, dropout_prob=dropout_prob,
+                   init_scale=dense_init_scale, channel_name=q_name, **kw)
+
+  def __call__(self, inputs_q: jax.Array, inputs_kv: jax.Array,
+               mask: jax.Array | None = None, *, deterministic: bool = True,
+               rngs: nnx.Rngs | None = None) -> jax.Array:
+    attn = self.attention(self.query_norm(inputs_q), self.kv_norm(inputs_kv), mask,
+                          deterministic=deterministic, rngs=rngs)
+    attn = self.dropout(attn, deterministic=deterministic, rngs=rngs)
+    # Without the residual the output need not share the queries' meaning
+    # (e.g. queries are positions, outputs are pixels).
+    x = inputs_q + attn if self.use_query_residual else attn
+    return x + self.mlp(self.mlp_norm(x), deterministic=deterministic, rngs=rngs)
+
+
+class SelfAttention(nnx.Module):
+  """Self-attention block: x + dropout(attention(LN(x))), then x + MLP(LN(x)).
+
+  [batch, index, channels] -> [batch, index, channels].
+  """
+  HAIKU_NAMES = {'norm': 'layer_norm', 'attention': 'attention',
+                 'mlp_norm': 'layer_norm_1', 'mlp': 'mlp'}
+
+  def __init__(self, num_channels: int, *, num_heads: int = 8, widening_factor: int = 4,
+               dropout_prob: float = 0.0, dropout_attn_prob: float = 0.0,
+               att_init_scale: float = 1.0, dense_init_scale: float = 1.0,
+               qk_channels: int | None = None, v_channels: int | None = None,
+               channel_name: str | None = 'embed', dtype: Dtype = jnp.float32,
+               param_dtype: Dtype = jnp.float32, rngs: nnx.Rngs,
+               attention_impl: str | None = None):
+    kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+    self.norm = layer_norm(num_channels, channel_name, **kw)
+    self.attention = Attention(
+        num_channels, num_channels, num_heads=num_heads, qk_channels=qk_channels,
+        v_channels=v_channels, output_channels=num_channels, init_scale=att_init_scale,
+        dropout_prob=dropout_attn_prob, q_name=channel_name, kv_name=channel_name,
+        output_name=channel_name, attention_impl=attention_impl, **kw)
+    self.dropout = nnx.Dropout(dropout_prob)
+    self.mlp_norm = layer_norm(num_channels, channel_name, **kw)
+    self.mlp = MLP(num_channels, widening_factor=widening_factor, dropout_prob=dropout_prob,
+                   init_scale=dense_init_scale, channel_name=channel_name, **kw)
+
+  def __call__(self, x: jax.Array, mask: jax.Array | None = None, *,
+               deterministic: bool = True, rngs: nnx.Rngs | None = None) -> jax.Array:
+    qkv = self.norm(x)
+    attn = self.attention(qkv, qkv, mask, deterministic=deterministic, rngs=rngs)
+    x = x + self.dropout(attn, deterministic=deterministic, rngs=rngs)
+    return x + self.mlp(self.mlp_norm(x), deterministic=deterministic, rngs=rngs)

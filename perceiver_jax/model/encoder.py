@@ -1,0 +1,114 @@
+"""The Perceiver encoder: a latent array that cross-attends to the inputs, then a
+stack of latent self-attention blocks whose weights are shared across repeats.
+
+Two forms:
+  * Perceiver IO (default): one cross-attend, then `num_blocks` x the block of
+    `num_self_attends_per_block` self-attends (DeepMind's `PerceiverEncoder`).
+  * original Perceiver (`cross_attend_every_block=True`): a cross-attend before every
+    block. With `share_cross_attend_weights` every cross-attend after the first shares
+    one set of weights (the first has its own), as in the Perceiver paper.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from perceiver_jax.model.attention import CrossAttention, SelfAttention
+from perceiver_jax.model.position_encoding import TrainablePositionEncoding
+
+Dtype = Any
+
+
+class PerceiverEncoder(nnx.Module):
+  """inputs [batch, N, input_channels] -> latents [batch, num_latents, num_latent_channels]."""
+  HAIKU_NAMES = {'z_pos_enc': 'trainable_position_encoding',
+                 'cross_attend': 'cross_attention',
+                 'self_attends': 'self_attention, self_attention_1, ...'}
+
+  def __init__(self, input_channels: int, *, num_latents: int = 512,
+               num_latent_channels: int = 1024, num_blocks: int = 8,
+               num_self_attends_per_block: int = 6, num_cross_attend_heads: int = 1,
+               num_self_attend_heads: int = 8, cross_attend_widening_factor: int = 1,
+               self_attend_widening_factor: int = 1, qk_channels: int | None = None,
+               v_channels: int | None = None, cross_attention_shape_for_attn: str = 'kv',
+               use_query_residual: bool = True, dropout_prob: float = 0.0,
+               dropout_attn_prob: float = 0.0, latent_init_scale: float = 0.02,
+               cross_attend_every_block: bool = False,
+               share_cross_attend_weights: bool = True,
+               attention_impl: str | None = None, dtype: Dtype = jnp.float32,
+               param_dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
+    for heads, what in ((num_self_attend_heads, 'num_self_attend_heads'),
+                        (num_cross_attend_heads, 'num_cross_attend_heads')):
+      if num_latent_channels % heads:
+        raise ValueError(f'num_latent_channels ({num_latent_channels}) must be divisible '
+                         f'by {what} ({heads}).')
+    if num_blocks < 1:
+      raise ValueError(f'num_blocks must be >= 1, got {num_blocks}.')
+    self.num_blocks = num_blocks
+    self.cross_attend_every_block = cross_attend_every_block
+    self.share_cross_attend_weights = share_cross_attend_weights
+    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs,
+              attention_impl=attention_impl)
+
+    # The initial latent array (DeepMind: `z_pos_enc`, param `pos_embs`).
+    self.z_pos_enc = TrainablePositionEncoding(
+        num_latents, num_latent_channels, init_scale=latent_init_scale,
+        channel_name='embed', index_name='latents', dtype=dtype, param_dtype=param_dtype,
+        rngs=rngs)
+
+    def make_cross_attend():
+      return CrossAttention(
+          num_latent_channels, input_channels, num_heads=num_cross_attend_heads,
+          widening_factor=cross_attend_widening_factor, dropout_prob=dropout_prob,
+          dropout_attn_prob=dropout_attn_prob, shape_for_attn=cross_attention_shape_for_attn,
+          use_query_residual=use_query_residual, qk_channels=qk_channels,
+          v_channels=v_channels, q_name='embed', kv_name='input_channels', **kw)
+
+    self.cross_attend = make_cross_attend()
+    # Cross-attends of blocks 2..num_blocks (iterative form only).
+    num_extra = 0
+    if cross_attend_every_block and num_blocks > 1:
+      num_extra = 1 if share_cross_attend_weights else num_blocks - 1
+    self.extra_cross_attends = nnx.List([make_cross_attend() for _ in range(num_extra)])
+
+    # One block of self-attends, applied num_blocks times with the same weights.
+    self.self_attends = nnx.List([
+        SelfAttention(num_latent_channels, num_heads=num_self_attend_heads,
+                      widening_factor=self_attend_widening_factor,
+                      dropout_prob=dropout_prob, dropout_attn_prob=dropout_attn_prob,
+                      qk_channels=qk_channels, v_channels=v_channels,
+                      channel_name='embed', **kw)
+        for _ in range(num_self_attends_per_block)])
+
+  def latents(self, batch_size: int) -> jax.Array:
+    """The initial latent array, [batch, num_latents, num_latent_channels]."""
+    return self.z_pos_enc(batch_size)
+
+  def _cross_attend_for_block(self, block: int) -> CrossAttention | None:
+    if block == 0:
+      return self.cross_attend
+    if not self.cross_attend_every_block:
+      return None
+    return self.extra_cross_attends[0 if self.share_cross_attend_weights else block - 1]
+
+  def __call__(self, inputs: jax.Array, z: jax.Array | None = None, *,
+               input_mask: jax.Array | None = None, deterministic: bool = True,
+               rngs: nnx.Rngs | None = None) -> jax.Array:
+    """inputs: [batch, N, C]; z: initial latents (default `latents(batch)`);
+    input_mask: [batch, N] booleans, True = attend. Returns [batch, num_latents, D]."""
+    if z is None:
+      z = self.latents(inputs.shape[0])
+    mask = None
+    if input_mask is not None:
+      mask = input_mask.astype(bool)[:, None, None, :]  # -> [batch, 1, 1, N]
+    for block in range(self.num_blocks):
+      cross_attend = self._cross_attend_for_block(block)
+      if cross_attend is not None:
+        z = cross_attend(z, inputs, mask, deterministic=deterministic, rngs=rngs)
+      for self_attend in self.self_attends:
+        z = self_attend(z, deterministic=deterministic, rngs=rngs)
+    return z

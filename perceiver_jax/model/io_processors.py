@@ -1,0 +1,194 @@
+"""Input preprocessors and output postprocessors (after DeepMind's `io_processors.py`).
+
+A preprocessor is built for one per-example input shape `(*index_dims, channels)` and
+maps inputs [batch, *index_dims, channels] to a `PreprocessorOutput` whose `inputs`
+are [batch, N, num_channels] (index flattened, position features added). Its
+`num_channels` and `index_dims` are known at construction, so the encoder can be
+sized before any data is seen.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from perceiver_jax.model import position_encoding as pe
+from perceiver_jax.model.attention import dense
+
+Dtype = Any
+COMBINE_MODES = ('concat', 'add')
+
+
+class PreprocessorOutput(NamedTuple):
+  """inputs: [batch, N, C'] (network input); inputs_without_pos: [batch, N, C];
+  pos_enc: [batch, N, P] or None; modality_sizes: per-modality N (multimodal only)."""
+  inputs: jax.Array
+  inputs_without_pos: jax.Array
+  pos_enc: jax.Array | None
+  modality_sizes: dict[str, int] | None = None
+
+
+def space_to_depth(x: jax.Array, patch_size: Sequence[int]) -> jax.Array:
+  """[batch, *index_dims, C] -> [batch, *(index_dims / patch), prod(patch) * C].
+
+  Channels are ordered (patch offsets..., C) like DeepMind's
+  'b (h dh) (w dw) c -> b h w (dh dw c)'.
+  """
+  batch, *index_dims, channels = x.shape
+  d = len(index_dims)
+  split = [batch]
+  for n, p in zip(index_dims, patch_size):
+    split += [n // p, p]
+  x = x.reshape(split + [channels])
+  # Grid axes first (1, 3, 5, ...), then patch offsets (2, 4, ...), then channels.
+  perm = [0] + [1 + 2 * i for i in range(d)] + [2 + 2 * i for i in range(d)] + [2 * d + 1]
+  x = x.transpose(perm)
+  grid = [n // p for n, p in zip(index_dims, patch_size)]
+  return x.reshape([batch] + grid + [int(np.prod(patch_size)) * channels])
+
+
+class _PositionalPreprocessor(nnx.Module):
+  """Shared logic: flatten the index dims and concat/add position features."""
+
+  def _init_position(self, index_dims: Sequence[int], features: int, position_encoding,
+                     combine: str, rngs: nnx.Rngs, dtype: Dtype, param_dtype: Dtype):
+    if combine not in COMBINE_MODES:
+      raise ValueError(f"Unknown position combine mode {combine!r}; valid modes are "
+                       f"'concat' and 'add'.")
+    self.index_dims = tuple(int(n) for n in index_dims)
+    self.num_index = int(np.prod(self.index_dims))
+    self.combine = combine
+    self.dtype = dtype
+    self.pos_enc = pe.build_position_encoding(
+        position_encoding, self.index_dims, rngs=rngs, dtype=dtype,
+        param_dtype=param_dtype) if position_encoding is not None else None
+    pos_channels = 0 if self.pos_enc is None else self.pos_enc.num_channels
+    if combine == 'add' and self.pos_enc is not None and pos_channels != features:
+      raise ValueError(
+          f"combine='add' needs position encoding channels ({pos_channels}) equal to the "
+          f"input channels ({features}); set position_encoding.project_pos_dim={features}.")
+    self.num_channels = features + pos_channels if combine == 'concat' else features
+
+  def _build_network_inputs(self, x: jax.Array, pos: jax.Array | None
+                            ) -> PreprocessorOutput:
+    batch = x.shape[0]
+    x = x.reshape(batch, self.num_index, x.shape[-1]).astype(self.dtype)
+    if self.pos_enc is None:
+      return PreprocessorOutput(x, x, None)
+    pos_enc = self.pos_enc(batch, pos).astype(self.dtype)
+    if self.combine == 'concat':
+      with_pos = jnp.concatenate([x, pos_enc], axis=-1)
+    else:
+      with_pos = x + pos_enc
+    return PreprocessorOutput(with_pos, x, pos_enc)
+
+  def _check_input(self, inputs: jax.Array, expected: tuple[int, ...]):
+    if tuple(inputs.shape[1:]) != expected:
+      raise ValueError(f'{type(self).__name__} was built for inputs of shape '
+                       f'[batch, {", ".join(map(str, expected))}] but got '
+                       f'{list(inputs.shape)}.')
+
+
+class GenericPreprocessor(_PositionalPreprocessor):
+  """[batch, *index_dims, C] -> [batch, prod(index_dims), C (+ pos channels)].
+
+  Flattens the index dims and concatenates (or adds) position features over them.
+  """
+
+  def __init__(self, input_shape: Sequence[int], *, position_encoding=None,
+               combine: str = 'concat', dtype: Dtype = jnp.float32,
+               param_dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
+    self.input_shape = tuple(int(n) for n in input_shape)
+    if len(self.input_shape) < 2:
+      raise ValueError(f'input_shape must be (*index_dims, channels), got '
+                       f'{self.input_shape}; add a trailing channel axis of 1.')
+    self._init_position(self.input_shape[:-1], self.input_shape[-1], position_encoding,
+                        combine, rngs, dtype, param_dtype)
+
+  def __call__(self, inputs: jax.Array, *, pos: jax.Array | None = None,
+               deterministic: bool = True, rngs: nnx.Rngs | None = None
+               ) -> PreprocessorOutput:
+    self._check_input(inputs, self.input_shape)
+    return self._build_network_inputs(inputs, pos)
+
+
+class PatchesPreprocessor(_PositionalPreprocessor):
+  """Space-to-depth patches, optional linear, then position features on the patch grid.
+
+  [batch, *index_dims, C] -> [batch, prod(index_dims / patch_size), num_channels (+ pos)].
+  Works for 1-D (audio, sequences) and 2-D (images) windows; `num_channels=0` keeps
+  the raw prod(patch_size) * C patch features.
+  """
+  HAIKU_NAMES = {'patches_linear': 'patches_linear'}
+
+  def __init__(self, input_shape: Sequence[int], patch_size: int | Sequence[int], *,
+               num_channels: int = 0, position_encoding=None, combine: str = 'concat',
+               dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32,
+               rngs: nnx.Rngs):
+    self.input_shape = tuple(int(n) for n in input_shape)
+    index_dims, channels = self.input_shape[:-1], self.input_shape[-1]
+    if isinstance(patch_size, int):
+      patch_size = (patch_size,) * len(index_dims)
+    self.patch_size = tuple(int(p) for p in patch_size)
+    if len(self.patch_size) != len(index_dims):
+      raise ValueError(f'patch_size {self.patch_size} needs one window per index dim of '
+                       f'input_shape {self.input_shape} (last entry is channels).')
+    if any(n % p for n, p in zip(index_dims, self.patch_size)):
+      raise ValueError(f'Index dims {index_dims} are not divisible by patch_size '
+                       f'{self.patch_size}; choose windows that tile the input exactly.')
+    grid = tuple(n // p for n, p in zip(index_dims, self.patch_size))
+    patch_features = int(np.prod(self.patch_size)) * channels
+    self.patches_linear = nnx.data(None)
+    if num_channels > 0:
+      self.patches_linear = dense(patch_features, num_channels, (None, 'input_channels'),
+                                  rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+    features = num_channels if num_channels > 0 else patch_features
+    self._init_position(grid, features, position_encoding, combine, rngs, dtype,
+                        param_dtype)
+
+  def __call__(self, inputs: jax.Array, *, pos: jax.Array | None = None,
+               deterministic: bool = True, rngs: nnx.Rngs | None = None
+               ) -> PreprocessorOutput:
+    self._check_input(inputs, self.input_shape)
+    x = space_to_depth(inputs.astype(self.dtype), self.patch_size)
+    if self.patches_linear is not None:
+      x = self.patches_linear(x)
+    return self._build_network_inputs(x, pos)
+
+
+class IdentityPostprocessor(nnx.Module):
+  """Returns the decoder output unchanged."""
+
+  def __call__(self, outputs: jax.Array, *, deterministic: bool = True,
+               rngs: nnx.Rngs | None = None) -> jax.Array:
+    return outputs
+
+
+class ClassificationPostprocessor(nnx.Module):
+  """[batch, 1, C] decoder output -> [batch, num_classes] logits (the first query).
+
+  With `num_input_channels` it first applies a linear C -> num_classes, as DeepMind's
+  ClassificationPostprocessor; without it the decoder must already emit classes.
+  """
+
+  def __init__(self, num_classes: int, *, num_input_channels: int | None = None,
+               dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32,
+               rngs: nnx.Rngs | None = None):
+    self.num_classes = num_classes
+    self.linear = nnx.data(None)
+    if num_input_channels is not None:
+      self.linear = dense(num_input_channels, num_classes, ('embed', 'classes'), rngs=rngs,
+                          dtype=dtype, param_dtype=param_dtype)
+
+  def __call__(self, outputs: jax.Array, *, deterministic: bool = True,
+               rngs: nnx.Rngs | None = None) -> jax.Array:
+    if self.linear is not None:
+      outputs = self.linear(outputs)
+    if outputs.ndim != 3 or outputs.shape[-1] != self.num_classes:
+      raise ValueError(f'ClassificationPostprocessor expects [batch, queries, '
+                       f'{self.num_classes}] but got {list(outputs.shape)}.')
+    return outputs[:, 0, :]
