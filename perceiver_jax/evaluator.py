@@ -40,7 +40,7 @@ def evaluate(config, workdir: str, step: int | None = None, split: str | None = 
 
   eval_step = steps.make_eval_step(spec, mesh, shardings.params, shardings.model_state)
   batches = pipeline.make_eval_iterator(
-      config.data, split, global_batch_size=int(config.eval.batch_size),
+      config.data, split, global_batch_size=shd.eval_batch_size(config.eval.batch_size, mesh),
       process_index=jax.process_index(), process_count=jax.process_count())
   to_global = lambda batch: pipeline.to_global(batch, shd.batch_sharding(mesh))
   metrics = steps.evaluate_split(eval_step, state.params, state.model_state, batches, to_global)

@@ -59,6 +59,16 @@ def data_parallel_size(mesh: Mesh) -> int:
   return math.prod(mesh.shape[a] for a in BATCH_AXES)
 
 
+def eval_batch_size(requested: int, mesh: Mesh) -> int:
+  """The eval batch rounded up to split evenly over devices and processes.
+
+  Eval batches are padded and masked, so rounding up never changes the metrics; it lets
+  any checkpoint be evaluated on any mesh without touching the config.
+  """
+  multiple = math.lcm(data_parallel_size(mesh), jax.process_count())
+  return -(-int(requested) // multiple) * multiple
+
+
 def rules_dict(rules) -> dict[str, tuple[str, ...]]:
   """The config's rule list [(logical, mesh_axes), ...] as {logical: (mesh axes...)}."""
   out = {}

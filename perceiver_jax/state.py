@@ -7,6 +7,7 @@ annotates its parameters with, so no array is ever materialised unsharded on one
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import flax.struct
@@ -50,7 +51,7 @@ def model_spec(config, input_shape) -> tuple[ModelSpec, dict, Any]:
   graphdef, params, _ = nnx.split(abstract_model, nnx.Param, ...)
   names = shd.logical_names(abstract_model)
   abstract_params = nnx.to_pure_dict(params)
-  num_params = sum(int(jnp.size(x)) for x in jax.tree.leaves(abstract_params))
+  num_params = sum(math.prod(x.shape) for x in jax.tree.leaves(abstract_params))
   return ModelSpec(graphdef, tuple(input_shape), num_params), names, abstract_params
 
 

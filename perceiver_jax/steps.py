@@ -44,7 +44,7 @@ def make_train_step(spec: ModelSpec, tx: optax.GradientTransformation, schedule,
     metrics = {
         'loss': loss,
         'accuracy': sums['correct'] / sums['count'],
-        'grad_norm': optax.global_norm(grads),
+        'grad_norm': optax.tree.norm(grads),
         'learning_rate': schedule(state.step),
     }
     new_state = state.replace(step=state.step + 1, params=params, model_state=model_state,

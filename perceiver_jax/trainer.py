@@ -67,7 +67,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   def run_eval(step: int) -> dict:
     batches = pipeline.make_eval_iterator(
-        config.data, config.data.eval_split, global_batch_size=int(config.eval.batch_size),
+        config.data, config.data.eval_split, global_batch_size=shd.eval_batch_size(config.eval.batch_size, mesh),
         process_index=jax.process_index(), process_count=jax.process_count())
     metrics = steps.evaluate_split(eval_step, state.params, state.model_state, batches, to_global)
     log.write(step, 'eval', metrics)

@@ -5,6 +5,8 @@ Each failure is a `UserError` with one sentence: what is wrong and how to fix it
 
 from __future__ import annotations
 
+import math
+
 import jax
 
 from perceiver_jax import sharding as shd
@@ -38,10 +40,9 @@ def validate_config(config, *, mesh=None, training: bool = True) -> None:
   if mesh is None:
     return
   dp = shd.data_parallel_size(mesh)
-  for name in ('train.batch_size', 'eval.batch_size'):
-    section, field = name.split('.')
-    batch = int(config[section][field])
-    if batch % dp or batch % jax.process_count():
-      raise UserError(f'config.{name}={batch} is not divisible by the data-parallel size {dp} '
-                      f'(mesh data x fsdp) and {jax.process_count()} process(es); use a multiple '
-                      f'of {max(dp, jax.process_count())}.')
+  # The eval batch needs no check: it is rounded up and padded (shd.eval_batch_size).
+  batch = int(config.train.batch_size)
+  if training and (batch % dp or batch % jax.process_count()):
+    raise UserError(f'config.train.batch_size={batch} is not divisible by the data-parallel '
+                    f'size {dp} (mesh data x fsdp) and {jax.process_count()} process(es); use a '
+                    f'multiple of {math.lcm(dp, jax.process_count())}.')

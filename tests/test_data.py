@@ -284,3 +284,21 @@ def test_to_global_assembles_sharded_arrays(data_dir):
   assert out['label'].sharding.spec == jax.sharding.PartitionSpec('data')
   np.testing.assert_array_equal(np.asarray(out['inputs']), batch['inputs'])
   np.testing.assert_array_equal(np.asarray(out['label']), batch['label'])
+
+
+def test_random_shift_translates_by_at_most_one_and_is_deterministic():
+  from perceiver_jax.data.transforms import RandomShift
+  x = np.arange(64, dtype=np.float32).reshape(8, 8, 1)
+  op = RandomShift(1)
+  seen = set()
+  for i in range(40):
+    out = op.random_map({'inputs': x}, np.random.default_rng(i))['inputs']
+    assert out.shape == x.shape
+    again = op.random_map({'inputs': x}, np.random.default_rng(i))['inputs']
+    np.testing.assert_array_equal(out, again)
+    # The centre 6x6 of the output is the input's centre shifted by (dy, dx) in [-1, 1].
+    match = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)
+             if np.array_equal(out[1:7, 1:7], x[1 - dy:7 - dy, 1 - dx:7 - dx])]
+    assert len(match) == 1
+    seen.add(match[0])
+  assert len(seen) > 4  # many different shifts are drawn

@@ -248,8 +248,12 @@ def make_train_iterator(data_config, *, global_batch_size: int, seed: int,
         f"use one of {sorted(transforms.AUGMENTATIONS)}.")
   ds, _ = _examples(data_config, data_config.train_split)
   ds = ds.shuffle(seed=_shuffle_seed(seed)).repeat()  # epoch e: own shuffle
-  for op in transforms.AUGMENTATIONS[augment]:
-    ds = ds.map(op)
+  for i, op in enumerate(transforms.AUGMENTATIONS[augment]):
+    # Random ops draw from (seed, op, example index): deterministic and resumable.
+    if isinstance(op, grain.transforms.RandomMap):
+      ds = ds.random_map(op, seed=_shuffle_seed(seed) + i + 1)
+    else:
+      ds = ds.map(op)
   # Chunk c of L examples is rows [(c % P) * L, ...) of global batch c // P,
   # so process p takes chunks p, p + P, ... (see module docstring).
   ds = ds.batch(local)[process_index::process_count]

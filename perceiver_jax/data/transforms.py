@@ -63,7 +63,29 @@ class AddMask(grain.transforms.Map):
     return {**element, 'mask': np.float32(self.value)}
 
 
+@dataclasses.dataclass(frozen=True)
+class RandomShift(grain.transforms.RandomMap):
+  """Translates `inputs` by up to `max_shift` positions along every index axis.
+
+  `inputs` is [*index, channels]; vacated positions repeat the edge value, which is
+  the background for digits and the baseline for MNIST-1D signals.
+  """
+
+  max_shift: int = 1
+
+  def random_map(self, element: Example, rng: np.random.Generator) -> Example:
+    x = element['inputs']
+    s = self.max_shift
+    shifts = rng.integers(-s, s + 1, size=x.ndim - 1)
+    padded = np.pad(x, [(s, s)] * (x.ndim - 1) + [(0, 0)], mode='edge')
+    window = tuple(slice(s - d, s - d + n) for d, n in zip(shifts, x.shape[:-1]))
+    return {**element, 'inputs': padded[window]}
+
+
 # Augmentations by config name (`data.augment`), each a list of transforms
 # applied to training examples only, after normalisation. Random ones should be
 # `grain.transforms.RandomMap`s so they stay deterministic under the seed.
-AUGMENTATIONS: dict[str, tuple[grain.transforms.Map, ...]] = {'': ()}
+AUGMENTATIONS: dict[str, tuple[grain.transforms.Map, ...]] = {
+    '': (),
+    'random_shift': (RandomShift(1),),
+}
