@@ -40,14 +40,15 @@ class ModelSpec:
   num_params: int
 
 
-def _build(config, input_shape, seed_key=None):
+def build(config, input_shape, seed_key=None) -> nnx.Module:
+  """The model of `config` for per-example `input_shape` (eager; wrap in nnx.eval_shape)."""
   rngs = nnx.Rngs(params=seed_key if seed_key is not None else 0)
   return build_model(config.model, input_shape=tuple(input_shape), rngs=rngs)
 
 
 def model_spec(config, input_shape) -> tuple[ModelSpec, dict, Any]:
   """Abstract model: graphdef, logical names of the params, abstract params (no FLOPs spent)."""
-  abstract_model = nnx.eval_shape(lambda: _build(config, input_shape))
+  abstract_model = nnx.eval_shape(lambda: build(config, input_shape))
   graphdef, params, _ = nnx.split(abstract_model, nnx.Param, ...)
   names = shd.logical_names(abstract_model)
   abstract_params = nnx.to_pure_dict(params)
@@ -58,7 +59,7 @@ def model_spec(config, input_shape) -> tuple[ModelSpec, dict, Any]:
 def _init_fn(config, input_shape, tx):
   def init(seed: jax.Array) -> TrainState:
     param_key, rng = jax.random.split(jax.random.key(seed))
-    model = _build(config, input_shape, param_key)
+    model = build(config, input_shape, param_key)
     _, params, rest = nnx.split(model, nnx.Param, ...)
     params, rest = nnx.to_pure_dict(params), nnx.to_pure_dict(rest)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=rest,

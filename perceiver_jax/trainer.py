@@ -44,8 +44,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
   # State: born sharded, or restored (with the data position) from the newest checkpoint.
   # ----------------------------------------------------------------------------------------
   state, shardings, spec, tx, schedule = state_lib.create_train_state(config, input_shape, mesh)
+  # Summarised on an abstract model: nothing is computed, and every process agrees.
+  summary = model_summary(nnx.eval_shape(lambda: state_lib.build(config, input_shape)),
+                          input_shape)
   if jax.process_index() == 0:
-    summary = model_summary(nnx.merge(spec.graphdef, state.params, state.model_state), input_shape)
     logging.info('Model: %s', format_summary(summary).replace('\n', '; '))
     logging.info('Mesh %s; %s', dict(mesh.shape), shd.describe(shardings, state))
 
@@ -67,7 +69,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   def run_eval(step: int) -> dict:
     batches = pipeline.make_eval_iterator(
-        config.data, config.data.eval_split, global_batch_size=shd.eval_batch_size(config.eval.batch_size, mesh),
+        config.data, config.data.eval_split,
+        global_batch_size=shd.eval_batch_size(config.eval.batch_size, mesh),
         process_index=jax.process_index(), process_count=jax.process_count())
     metrics = steps.evaluate_split(eval_step, state.params, state.model_state, batches, to_global)
     log.write(step, 'eval', metrics)
