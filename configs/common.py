@@ -31,7 +31,8 @@ def get_config() -> ml_collections.ConfigDict:
       train_split='train',
       eval_split='test',
       normalize=(0.0, 1.0),     # inputs -> (x - mean) / std
-      augment='',
+      augment='',               # '' | 'random_shift' (training examples only)
+      max_shift=1,              # random_shift: largest translation per index axis
   ))
 
   config.model = default_model_config()

@@ -248,7 +248,7 @@ def make_train_iterator(data_config, *, global_batch_size: int, seed: int,
         f"use one of {sorted(transforms.AUGMENTATIONS)}.")
   ds, _ = _examples(data_config, data_config.train_split)
   ds = ds.shuffle(seed=_shuffle_seed(seed)).repeat()  # epoch e: own shuffle
-  for i, op in enumerate(transforms.AUGMENTATIONS[augment]):
+  for i, op in enumerate(transforms.AUGMENTATIONS[augment](data_config)):
     # Random ops draw from (seed, op, example index): deterministic and resumable.
     if isinstance(op, grain.transforms.RandomMap):
       ds = ds.random_map(op, seed=_shuffle_seed(seed) + i + 1)

@@ -7,7 +7,7 @@ inside grain's pipeline, before batching.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 import dataclasses
 from typing import Any
 
@@ -82,10 +82,12 @@ class RandomShift(grain.transforms.RandomMap):
     return {**element, 'inputs': padded[window]}
 
 
-# Augmentations by config name (`data.augment`), each a list of transforms
-# applied to training examples only, after normalisation. Random ones should be
+# Augmentations by config name (`data.augment`): each builds the transforms applied to
+# training examples only, after normalisation, from the data config. Random ones are
 # `grain.transforms.RandomMap`s so they stay deterministic under the seed.
-AUGMENTATIONS: dict[str, tuple[grain.transforms.Map, ...]] = {
-    '': (),
-    'random_shift': (RandomShift(1),),
+AUGMENTATIONS: dict[str, Callable[[Any], tuple[grain.transforms.Map, ...]]] = {
+    '': lambda data_config: (),
+    # Translation by up to data.max_shift positions per index axis (default 1).
+    'random_shift': lambda data_config: (
+        RandomShift(int(getattr(data_config, 'max_shift', 1) or 1)),),
 }

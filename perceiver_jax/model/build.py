@@ -47,9 +47,15 @@ DECODER_QUERY_ENCODINGS = ('trainable', 'fourier')
 POSTPROCESSORS = ('auto', 'classification', 'none')
 
 
+def _optional(field_type):
+  # A None default that stays overridable from the command line (--config.x=64).
+  return ml_collections.FieldReference(None, field_type=field_type)
+
+
 def _position_encoding_config() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
-      name='fourier', num_bands=16, max_resolution=None, concat_pos=True, sine_only=False,
+      name='fourier', num_bands=16, max_resolution=_optional(tuple), concat_pos=True,
+      sine_only=False,
       num_channels=64, init_scale=0.02, project_pos_dim=-1, combine='concat'))
 
 
@@ -65,14 +71,15 @@ def default_model_config() -> ml_collections.ConfigDict:
       encoder=dict(
           num_latents=32, num_latent_channels=64, num_blocks=2,
           num_self_attends_per_block=2, num_cross_attend_heads=1, num_self_attend_heads=4,
-          cross_attend_widening_factor=1, self_attend_widening_factor=1, qk_channels=None,
-          v_channels=None, cross_attention_shape_for_attn='kv', use_query_residual=True,
+          cross_attend_widening_factor=1, self_attend_widening_factor=1, qk_channels=_optional(int),
+          v_channels=_optional(int), cross_attention_shape_for_attn='kv', use_query_residual=True,
           dropout_prob=0.0, latent_init_scale=0.02, cross_attend_every_block=False,
           share_cross_attend_weights=True),
       decoder=dict(
-          name='classification', num_heads=1, qk_channels=None, v_channels=None,
-          widening_factor=1, use_query_residual=True, num_query_channels=None,
-          query_init_scale=0.02, output_index_dims=(1,), output_num_channels=None,
+          name='classification', num_heads=1, qk_channels=_optional(int),
+          v_channels=_optional(int), widening_factor=1, use_query_residual=True,
+          num_query_channels=_optional(int),
+          query_init_scale=0.02, output_index_dims=(1,), output_num_channels=_optional(int),
           final_project=True, position_encoding=query_pe),
       postprocessor=dict(name='auto'),
   ))
