@@ -2,6 +2,10 @@
 
 The default experiment: `make train` trains this on a laptop CPU in about a minute.
   python train.py --config=configs/digits.py --workdir=workdirs/digits
+
+The original Perceiver's iterative form (a cross-attend before every latent block, weights
+shared after the first) with two cross-attend heads over 2x2 patches: on 1437 training
+images it generalises better than one cross-attend with one head.
 """
 
 from configs import common
@@ -9,33 +13,37 @@ from configs import common
 
 def get_config(arg=None):
   config = common.get_config()
-  variant = common.parse_arg(arg, steps=1500)
+  variant = common.parse_arg(arg, steps=800)
 
   config.data.name = 'digits'
   config.data.normalize = (8.0, 8.0)  # raw values are 0..16 -> [-1, 1]
 
   model = config.model
   model.num_classes = 10
-  model.preprocessor.name = 'generic'
-  model.preprocessor.position_encoding.name = 'fourier'
+  model.preprocessor.name = 'patches'
+  model.preprocessor.patch_size = (2, 2)
+  model.preprocessor.num_channels = 64
+  model.preprocessor.position_encoding.name = 'fourier'  # on the 4x4 patch grid
   model.preprocessor.position_encoding.num_bands = 8
-  model.preprocessor.position_encoding.max_resolution = (8, 8)
   model.encoder.num_latents = 32
   model.encoder.num_latent_channels = 64
   model.encoder.num_blocks = 2
   model.encoder.num_self_attends_per_block = 2
-  model.encoder.num_cross_attend_heads = 1
+  model.encoder.cross_attend_every_block = True
+  model.encoder.share_cross_attend_weights = True
+  model.encoder.num_cross_attend_heads = 2
   model.encoder.num_self_attend_heads = 4
-  model.encoder.dropout_prob = 0.1
+  model.encoder.dropout_prob = 0.2
   model.decoder.name = 'classification'
   model.decoder.num_heads = 1
 
   config.train.batch_size = 64
   config.train.num_steps = variant.steps
   config.train.log_every_steps = 100
+  config.train.label_smoothing = 0.1
   config.eval.batch_size = 360
   config.optimizer.learning_rate = 1e-3
   config.optimizer.warmup_steps = 100
   config.optimizer.weight_decay = 1e-2
-  config.checkpoint.every_steps = 500
+  config.checkpoint.every_steps = 400
   return config
