@@ -26,7 +26,6 @@ EXPERIMENTS = {
     'mnist1d_patches': ('configs/mnist1d.py', []),
     'mnist1d_raw': ('configs/mnist1d.py:model=raw', []),
     'mnist1d_raw_shuffled': ('configs/mnist1d.py:model=raw,data=shuffled', []),
-    'mnist1d_patches_shuffled': ('configs/mnist1d.py:data=shuffled', []),
 }
 
 

@@ -1,10 +1,13 @@
 """Perceiver on MNIST-1D (Greydanus 2020), generated offline by the mnist1d package.
 
 Variants (configs/mnist1d.py:model=raw,data=shuffled):
-  model=patches  width-2 patches + linear + 1-D Fourier features (default)
-  model=raw      the pure Perceiver: raw samples + learned position encodings
+  model=patches  width-2 patches + linear + 1-D Fourier features, trained with random
+                 translations of up to 4 samples (default)
+  model=raw      the pure Perceiver: raw samples + learned position encodings, no augmentation
   data=plain     the standard 4000/1000 split (default)
-  data=shuffled  the same data under one fixed permutation of the 40 positions
+  data=shuffled  the same data under one fixed permutation of the 40 positions (translation
+                 is then no longer label-preserving, so augmentation is off)
+  steps=N        training steps (default 4500 for patches, 3000 for raw)
 """
 
 from configs import common
@@ -12,7 +15,7 @@ from configs import common
 
 def get_config(arg=None):
   config = common.get_config()
-  variant = common.parse_arg(arg, model='patches', data='plain', steps=4000)
+  variant = common.parse_arg(arg, model='patches', data='plain', steps=0)
   if variant.model not in ('patches', 'raw'):
     raise ValueError(f'Unknown mnist1d model variant {variant.model!r}; use patches or raw.')
   if variant.data not in ('plain', 'shuffled'):
@@ -28,15 +31,17 @@ def get_config(arg=None):
     model.preprocessor.name = 'patches'
     model.preprocessor.patch_size = (2,)
     model.preprocessor.num_channels = 64
-    pos.name = 'fourier'
+    pos.name = 'fourier'  # on the 20-patch grid
     pos.num_bands = 16
-    pos.max_resolution = (20,)
+    if variant.data == 'plain':
+      config.data.augment = 'random_shift'
+      config.data.max_shift = 4
   else:
     model.preprocessor.name = 'generic'
     pos.name = 'trainable'
     pos.num_channels = 64
-  model.encoder.num_latents = 32
-  model.encoder.num_latent_channels = 128
+  model.encoder.num_latents = 16
+  model.encoder.num_latent_channels = 64
   model.encoder.num_blocks = 2
   model.encoder.num_self_attends_per_block = 2
   model.encoder.num_cross_attend_heads = 1
@@ -45,12 +50,12 @@ def get_config(arg=None):
   model.decoder.name = 'classification'
 
   config.train.batch_size = 100
-  config.train.num_steps = variant.steps
-  config.train.log_every_steps = 200
-  config.train.eval_every_steps = 1000
+  config.train.num_steps = variant.steps or (4500 if variant.model == 'patches' else 3000)
+  config.train.log_every_steps = 250
+  config.train.eval_every_steps = 1500
   config.eval.batch_size = 500
-  config.optimizer.learning_rate = 1e-3
+  config.optimizer.learning_rate = 2e-3
   config.optimizer.warmup_steps = 200
   config.optimizer.weight_decay = 5e-2
-  config.checkpoint.every_steps = 1000
+  config.checkpoint.every_steps = 1500
   return config
