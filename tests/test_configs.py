@@ -1,0 +1,60 @@
+"""Every experiment config and variant loads, validates and builds (abstractly: no FLOPs)."""
+
+import subprocess
+import sys
+
+import pytest
+from flax import nnx
+
+from configs import common, digits, mnist1d
+from perceiver_jax import state as state_lib
+from perceiver_jax.validate import validate_config
+from tests.helpers import ROOT
+
+CASES = [
+    (digits, None, (8, 8, 1)),
+    (mnist1d, None, (40, 1)),
+    (mnist1d, 'model=raw', (40, 1)),
+    (mnist1d, 'model=raw,data=shuffled', (40, 1)),
+    (mnist1d, 'data=shuffled,steps=10', (40, 1)),
+]
+
+
+@pytest.mark.parametrize('module,arg,input_shape', CASES)
+def test_config_validates_and_builds(module, arg, input_shape):
+  config = module.get_config(arg)
+  validate_config(config)
+  model = nnx.eval_shape(lambda: state_lib.build(config, input_shape))
+  spec, names, params = state_lib.model_spec(config, input_shape)
+  assert spec.num_params > 0
+  assert model is not None and set(names) == set(params)
+
+
+def test_variants_select_data_and_augmentation():
+  assert mnist1d.get_config('data=shuffled').data.name == 'mnist1d/shuffled'
+  assert mnist1d.get_config('data=shuffled').data.augment == ''
+  assert mnist1d.get_config().data.augment == 'random_shift'
+  assert mnist1d.get_config('model=raw').model.preprocessor.position_encoding.name == 'trainable'
+  assert mnist1d.get_config('steps=7').train.num_steps == 7
+  with pytest.raises(ValueError, match='Unknown config variant key'):
+    mnist1d.get_config('modle=raw')
+  with pytest.raises(ValueError, match='Unknown mnist1d model variant'):
+    mnist1d.get_config('model=cnn')
+
+
+def test_parse_arg_types_values_by_default():
+  parsed = common.parse_arg('a=3,b=true,c=x', a=1, b=False, c='y')
+  assert (parsed.a, parsed.b, parsed.c) == (3, True, 'x')
+
+
+def test_optional_model_fields_are_overridable_from_the_command_line():
+  # None-valued fields must keep a type, or ml_collections refuses --config.x=64.
+  code = ('from absl import flags; from ml_collections import config_flags; import sys;'
+          'c = config_flags.DEFINE_config_file("config");'
+          'flags.FLAGS(sys.argv);'
+          'print(c.value.model.encoder.qk_channels, c.value.model.preprocessor.position_encoding.max_resolution)')
+  out = subprocess.run([sys.executable, '-c', code, 'prog', '--config=configs/mnist1d.py',
+                        '--config.model.encoder.qk_channels=64',
+                        '--config.model.preprocessor.position_encoding.max_resolution=(20,)'],
+                       capture_output=True, text=True, check=True, cwd=ROOT).stdout
+  assert out.split() == ['64', '(20,)']
