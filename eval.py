@@ -1,4 +1,7 @@
-"""Evaluates a checkpoint: python eval.py --config=configs/digits.py --workdir=workdirs/digits [--step=N]"""
+"""Evaluates a checkpoint.
+
+  python eval.py --config=configs/digits.py --workdir=workdirs/digits [--step=N]
+"""
 
 from perceiver_jax.cli import eval_main
 

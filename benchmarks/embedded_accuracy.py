@@ -4,7 +4,7 @@ Each row is a real run of train.py then eval.py in its own workdir; the table re
 evaluated checkpoint's test accuracy and the wall-clock time of training (compile
 included). This is the command behind the accuracy figures in docs/results.md:
 
-  python benchmarks/embedded_accuracy.py [--only digits,mnist1d_patches] [--workroot workdirs/results]
+  python benchmarks/embedded_accuracy.py [--only digits,mnist1d_raw] [--workroot DIR]
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ EXPERIMENTS = {
 def run(name: str, workroot: str) -> dict:
   config, extra = EXPERIMENTS[name]
   workdir = os.path.join(workroot, name)
-  args = [f'--config={config}', f'--workdir={workdir}', *extra]
+  args = [f'--config={config}', f'--workdir={os.path.relpath(workdir, ROOT)}', *extra]
   start = time.perf_counter()
   subprocess.run([sys.executable, 'train.py', *args], cwd=ROOT, check=True)
   train_seconds = time.perf_counter() - start

@@ -27,7 +27,8 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.data = ml_collections.ConfigDict(dict(
       name='',                  # TFDS name, optionally with builder config: 'mnist1d/shuffled'
-      data_dir=ml_collections.FieldReference(None, field_type=str),  # None: $TFDS_DATA_DIR or ~/tensorflow_datasets
+      # None: $TFDS_DATA_DIR or ~/tensorflow_datasets
+      data_dir=ml_collections.FieldReference(None, field_type=str),
       train_split='train',
       eval_split='test',
       normalize=(0.0, 1.0),     # inputs -> (x - mean) / std

@@ -21,7 +21,8 @@ def checkpoint_dir(workdir: str) -> str:
   return os.path.join(os.path.abspath(workdir), 'checkpoints')
 
 
-def make_manager(workdir: str, ckpt_config=None, *, read_only: bool = False) -> ocp.CheckpointManager:
+def make_manager(workdir: str, ckpt_config=None, *,
+                 read_only: bool = False) -> ocp.CheckpointManager:
   """A CheckpointManager over WORKDIR/checkpoints with the config's keep-N and async policy."""
   if read_only:
     options = ocp.CheckpointManagerOptions(read_only=True, create=False)
@@ -33,7 +34,8 @@ def make_manager(workdir: str, ckpt_config=None, *, read_only: bool = False) -> 
   return ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
 
 
-def save(manager: ocp.CheckpointManager, step: int, state, data_iterator=None, *, force: bool = False) -> bool:
+def save(manager: ocp.CheckpointManager, step: int, state, data_iterator=None, *,
+         force: bool = False) -> bool:
   """Saves state (and the iterator position); asynchronous when the manager is."""
   items = {'state': ocp.args.StandardSave(state)}
   if data_iterator is not None:

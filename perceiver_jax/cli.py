@@ -13,7 +13,8 @@ from perceiver_jax.errors import UserError
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
-    'config', None, 'Experiment config file, optionally with a variant: configs/mnist1d.py:model=raw',
+    'config', None,
+    'Experiment config file, optionally with a variant: configs/mnist1d.py:model=raw',
     lock_config=True)
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and evaluations.')
 

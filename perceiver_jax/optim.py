@@ -22,10 +22,12 @@ def make_schedule(opt_config, num_steps: int) -> optax.Schedule:
   end = peak * float(opt_config.end_lr_factor)
   name = opt_config.schedule
   if name not in SCHEDULES:
-    raise UserError(f'Unknown schedule {name!r} (config.optimizer.schedule); use one of {SCHEDULES}.')
+    raise UserError(f'Unknown schedule {name!r} (config.optimizer.schedule); '
+                    f'use one of {SCHEDULES}.')
   decay_steps = max(num_steps - warmup, 1)
+  alpha = end / peak if peak else 0.0
   if name == 'cosine':
-    decay = optax.cosine_decay_schedule(peak, decay_steps, alpha=end / peak if peak else 0.0)
+    decay = optax.cosine_decay_schedule(peak, decay_steps, alpha=alpha)
   elif name == 'linear':
     decay = optax.linear_schedule(peak, end, decay_steps)
   elif name == 'constant':
@@ -34,7 +36,7 @@ def make_schedule(opt_config, num_steps: int) -> optax.Schedule:
     hold = int(decay_steps * float(opt_config.decay_start_fraction))
     decay = optax.join_schedules(
         [optax.constant_schedule(peak),
-         optax.cosine_decay_schedule(peak, max(decay_steps - hold, 1), alpha=end / peak if peak else 0.0)],
+         optax.cosine_decay_schedule(peak, max(decay_steps - hold, 1), alpha=alpha)],
         [hold])
   if warmup == 0:
     return decay
@@ -46,7 +48,8 @@ def decay_mask(params):
   return jax.tree.map(lambda p: p.ndim > 1, params)
 
 
-def make_optimizer(opt_config, num_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+def make_optimizer(opt_config, num_steps: int,
+                   ) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """The optimizer chain (clip -> adamw|lamb with masked weight decay) and its LR schedule."""
   schedule = make_schedule(opt_config, num_steps)
   name = opt_config.name

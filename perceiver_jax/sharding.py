@@ -97,9 +97,11 @@ def logical_to_spec(names: Sequence[str | None] | None, shape: Sequence[int], me
   used: set[str] = set()
   spec = []
   for name, size in zip(names, shape):
-    axes = tuple(a for a in rules.get(name, ()) if a not in used and mesh.shape[a] > 1) if name else ()
+    # Size-1 mesh axes are dropped so specs stay readable (and equal across meshes).
+    axes = tuple(a for a in rules.get(name, ()) if a not in used and mesh.shape[a] > 1)
     if axes and size % math.prod(mesh.shape[a] for a in axes):
-      logging.debug('Replicating dim %r of size %d: not divisible by mesh axes %s.', name, size, axes)
+      logging.debug('Replicating dim %r of size %d: not divisible by mesh axes %s.',
+                    name, size, axes)
       axes = ()
     used.update(axes)
     spec.append(axes[0] if len(axes) == 1 else (axes or None))
