@@ -63,8 +63,9 @@ class Progress:
     if self.bar is not None:
       self.bar.n = step
       if metrics:
-        self.bar.set_postfix({k: f'{v:.4g}' for k, v in metrics.items() if isinstance(v, float)},
-                             refresh=False)
+        # The bar keeps to the headline numbers; metrics.jsonl has them all.
+        shown = {k: f'{metrics[k]:.4g}' for k in ('loss', 'accuracy') if k in metrics}
+        self.bar.set_postfix(shown, refresh=False)
       self.bar.refresh()
     elif metrics and jax.process_index() == 0:
       logging.info('step %d: %s', step, format_metrics(metrics))
