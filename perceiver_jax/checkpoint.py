@@ -43,11 +43,39 @@ def save(manager: ocp.CheckpointManager, step: int, state, data_iterator=None, *
   return manager.save(step, args=ocp.args.Composite(**items), force=force)
 
 
+def _shapes(tree) -> dict[str, tuple[int, ...]]:
+  def name(path):
+    return '/'.join(str(getattr(k, 'key', getattr(k, 'name', getattr(k, 'idx', k)))) for k in path)
+  return {name(p): tuple(leaf.shape) for p, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def check_compatible(manager: ocp.CheckpointManager, step: int, abstract_params) -> None:
+  """Raises a UserError naming the first parameter whose saved shape differs from the model's."""
+  path = os.path.join(str(manager.directory), str(step), 'state')
+  with ocp.StandardCheckpointer() as checkpointer:
+    saved = checkpointer.metadata(path).item_metadata['params']
+  want, have = _shapes(abstract_params), _shapes(saved)
+  fix = ('evaluate or resume with the config it was trained with, or use a new --workdir')
+  for name in sorted(want.keys() | have.keys()):
+    if name not in have:
+      raise UserError(f'The checkpoint at step {step} in {manager.directory} has no parameter '
+                      f'{name!r} that this config\'s model needs; {fix}.')
+    if name not in want:
+      raise UserError(f'The checkpoint at step {step} in {manager.directory} has parameter '
+                      f'{name!r} that this config\'s model lacks; {fix}.')
+    if want[name] != have[name]:
+      raise UserError(f'Parameter {name!r} has shape {have[name]} in the checkpoint at step '
+                      f'{step} in {manager.directory} but {want[name]} in this config\'s model; '
+                      f'{fix}.')
+
+
 def restore(manager: ocp.CheckpointManager, step: int, abstract_state, data_iterator=None):
   """Restores into `abstract_state` (ShapeDtypeStructs with the target shardings).
 
-  The data iterator, if given, is moved to its saved position in place.
+  Parameters are checked against the checkpoint first, so a checkpoint of another model
+  is one clear error. The data iterator, if given, is moved to its saved position in place.
   """
+  check_compatible(manager, step, abstract_state.params)
   items = {'state': ocp.args.StandardRestore(abstract_state)}
   if data_iterator is not None:
     items['data'] = grain.checkpoint.CheckpointRestore(data_iterator)
