@@ -32,9 +32,6 @@ def train_and_evaluate(config, workdir: str) -> dict:
   mesh = shd.make_mesh(config.mesh)
   validate_config(config, mesh=mesh)
   os.makedirs(workdir, exist_ok=True)
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-      f.write(config.to_json_best_effort(indent=2))
 
   data_spec = pipeline.dataset_info(config.data)
   input_shape = tuple(data_spec.input_shape)
@@ -61,6 +58,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
     target = state_lib.abstract_with_shardings(state, shardings)
     state = ckpt.restore(manager, start_step, target, train_iter)
     ckpt.log_restored(start_step, workdir)
+  # Written only once the workdir's checkpoints are known to fit this config.
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      f.write(config.to_json_best_effort(indent=2))
 
   train_step = steps.make_train_step(spec, tx, schedule, config, mesh, shardings)
   eval_step = steps.make_eval_step(spec, mesh, shardings.params, shardings.model_state)

@@ -115,8 +115,13 @@ def test_mesh_not_matching_devices_is_one_clear_sentence(data_dir, tmp_path):
 def test_checkpoint_of_another_model_names_the_parameter_and_shapes(straight_run):
   workdir, overrides = straight_run
   other = {**overrides, 'model.encoder.num_latents': 4}
-  proc = run_main('eval.py', ['--config=configs/mnist1d.py', f'--workdir={workdir}',
-                              *flags_for(other)], check=False)
-  assert proc.returncode == 2, proc.stderr[-2000:]
-  assert "'encoder/z_pos_enc/pos_embs' has shape (8, 32) in the checkpoint" in proc.stderr
-  assert 'Traceback' not in proc.stderr
+  with open(os.path.join(workdir, 'config.json')) as f:
+    saved_config = f.read()
+  for script in ('eval.py', 'train.py'):
+    proc = run_main(script, ['--config=configs/mnist1d.py', f'--workdir={workdir}',
+                             *flags_for(other)], check=False)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "'encoder/z_pos_enc/pos_embs' has shape (8, 32) in the checkpoint" in proc.stderr
+    assert 'Traceback' not in proc.stderr
+  with open(os.path.join(workdir, 'config.json')) as f:
+    assert f.read() == saved_config  # the refused run overwrote nothing
