@@ -14,7 +14,6 @@ from perceiver_jax import state as state_lib
 from perceiver_jax import steps
 from perceiver_jax.data import pipeline
 from perceiver_jax.metrics_log import format_metrics
-from perceiver_jax.optim import make_optimizer
 from perceiver_jax.validate import validate_config
 
 
@@ -32,10 +31,9 @@ def evaluate(config, workdir: str, step: int | None = None, split: str | None = 
   split = split or config.data.eval_split
 
   input_shape = tuple(pipeline.dataset_info(config.data).input_shape)
-  tx, _ = make_optimizer(config.optimizer, int(config.train.num_steps))
-  spec, _, _ = state_lib.model_spec(config, input_shape)
-  abstract, shardings = state_lib.state_shardings(config, input_shape, mesh, tx)
-  state = ckpt.restore(manager, step, state_lib.abstract_with_shardings(abstract, shardings))
+  target, shardings, spec, _, _ = state_lib.create_train_state(
+      config, input_shape, mesh, initialise=False)
+  state = ckpt.restore(manager, step, target)
   ckpt.log_restored(step, workdir)
 
   eval_step = steps.make_eval_step(spec, mesh, shardings.params, shardings.model_state)

@@ -84,11 +84,18 @@ def state_shardings(config, input_shape, mesh: Mesh, tx) -> tuple[TrainState, Tr
   return abstract, shardings
 
 
-def create_train_state(config, input_shape, mesh: Mesh):
-  """Builds optimizer and state, sharded at birth. Returns (state, shardings, spec, schedule)."""
+def create_train_state(config, input_shape, mesh: Mesh, *, initialise: bool = True):
+  """Optimizer and state, sharded at birth.
+
+  Returns (state, shardings, spec, tx, schedule). With `initialise=False` the state is
+  abstract (ShapeDtypeStructs carrying their shardings), ready to restore a checkpoint
+  into without spending an initialisation on it.
+  """
   tx, schedule = make_optimizer(config.optimizer, int(config.train.num_steps))
   spec, _, _ = model_spec(config, input_shape)
-  _, shardings = state_shardings(config, input_shape, mesh, tx)
+  abstract, shardings = state_shardings(config, input_shape, mesh, tx)
+  if not initialise:
+    return abstract_with_shardings(abstract, shardings), shardings, spec, tx, schedule
   init = jax.jit(_init_fn(config, input_shape, tx), out_shardings=shardings)
   state = init(jnp.uint32(config.seed))
   return state, shardings, spec, tx, schedule

@@ -40,7 +40,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
   # ----------------------------------------------------------------------------------------
   # State: born sharded, or restored (with the data position) from the newest checkpoint.
   # ----------------------------------------------------------------------------------------
-  state, shardings, spec, tx, schedule = state_lib.create_train_state(config, input_shape, mesh)
+  manager = ckpt.make_manager(workdir, config.checkpoint)
+  start_step = manager.latest_step() or 0
+  state, shardings, spec, tx, schedule = state_lib.create_train_state(
+      config, input_shape, mesh, initialise=not start_step)
   # Summarised on an abstract model: nothing is computed, and every process agrees.
   summary = model_summary(nnx.eval_shape(lambda: state_lib.build(config, input_shape)),
                           input_shape)
@@ -51,12 +54,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   train_iter = pipeline.make_train_iterator(
       config.data, global_batch_size=int(config.train.batch_size), seed=int(config.seed),
       process_index=jax.process_index(), process_count=jax.process_count())
-  manager = ckpt.make_manager(workdir, config.checkpoint)
-  start_step = 0
-  if manager.latest_step() is not None:
-    start_step = manager.latest_step()
-    target = state_lib.abstract_with_shardings(state, shardings)
-    state = ckpt.restore(manager, start_step, target, train_iter)
+  if start_step:
+    state = ckpt.restore(manager, start_step, state, train_iter)
     ckpt.log_restored(start_step, workdir)
   # Written only once the workdir's checkpoints are known to fit this config.
   if jax.process_index() == 0:
