@@ -5,10 +5,10 @@ from perceiver_jax.model.attention import (Attention, CrossAttention, MLP, SelfA
 from perceiver_jax.model.build import build_model, default_model_config
 from perceiver_jax.model.decoders import BasicDecoder, ClassificationDecoder, ProjectionDecoder
 from perceiver_jax.model.encoder import PerceiverEncoder
-from perceiver_jax.model.io_processors import (ClassificationPostprocessor,
-                                               GenericPreprocessor, IdentityPostprocessor,
-                                               PatchesPreprocessor, PreprocessorOutput)
+from perceiver_jax.model.io_processors import (GenericPreprocessor, PatchesPreprocessor,
+                                               PreprocessorOutput)
 from perceiver_jax.model.perceiver import Perceiver
+from perceiver_jax.model.postprocessors import ClassificationPostprocessor, IdentityPostprocessor
 from perceiver_jax.model.position_encoding import (FourierPositionEncoding,
                                                    PositionEncodingProjector,
                                                    TrainablePositionEncoding,

@@ -35,6 +35,7 @@ from flax import nnx
 
 from perceiver_jax.model import decoders as dec
 from perceiver_jax.model import io_processors as io
+from perceiver_jax.model import postprocessors as post
 from perceiver_jax.model.encoder import PerceiverEncoder
 from perceiver_jax.model.perceiver import Perceiver
 
@@ -176,5 +177,5 @@ def build_model(model_config: ml_collections.ConfigDict, *, input_shape: tuple[i
       if not isinstance(decoder, dec.BasicDecoder) or not decoder.final_project:
         raise ValueError("postprocessor 'classification' needs decoder 'basic' with "
                          "final_project=True (the other decoders already emit logits).")
-      postprocessor = io.ClassificationPostprocessor(model_config.num_classes)
+      postprocessor = post.ClassificationPostprocessor(model_config.num_classes)
   return Perceiver(preprocessor, encoder, decoder, postprocessor)
