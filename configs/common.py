@@ -24,6 +24,11 @@ def parse_arg(arg: str | None, **defaults):
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0
+  # Fine-tuning: start a new run from the weights of a checkpoint (a train.py or
+  # perceiver-convert workdir). Parameters whose '/'-joined path fully matches the
+  # regex init_exclude (e.g. 'decoder/.*') keep their fresh initialisation.
+  config.init_from = ml_collections.FieldReference(None, field_type=str)
+  config.init_exclude = ''
 
   config.data = ml_collections.ConfigDict(dict(
       name='',                  # TFDS name, optionally with builder config: 'mnist1d/shuffled'

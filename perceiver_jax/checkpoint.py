@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 
 import grain
 import jax
@@ -51,10 +52,7 @@ def _shapes(tree) -> dict[str, tuple[int, ...]]:
 
 def check_compatible(manager: ocp.CheckpointManager, step: int, abstract_params) -> None:
   """Raises a UserError naming the first parameter whose saved shape differs from the model's."""
-  path = os.path.join(str(manager.directory), str(step), 'state')
-  with ocp.StandardCheckpointer() as checkpointer:
-    saved = checkpointer.metadata(path).item_metadata['params']
-  want, have = _shapes(abstract_params), _shapes(saved)
+  want, have = _shapes(abstract_params), _saved_shapes(state_path(manager, step), 'params')
   fix = ('evaluate or resume with the config it was trained with, or use a new --workdir')
   for name in sorted(want.keys() | have.keys()):
     if name not in have:
@@ -81,6 +79,126 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state, data_iter
     items['data'] = grain.checkpoint.CheckpointRestore(data_iterator)
   restored = manager.restore(step, args=ocp.args.Composite(**items))
   return restored['state']
+
+
+def state_path(manager: ocp.CheckpointManager, step: int) -> str:
+  """Directory of the `state` item of the checkpoint at `step`."""
+  return os.path.join(str(manager.directory), str(step), 'state')
+
+
+def restore_weights(path: str, abstract_params, abstract_model_state):
+  """Restores params and model state alone (no optimizer) from a `state` item at `path`.
+
+  Used by evaluation and by `init_from`: the checkpoint may be a training checkpoint
+  (optimizer state is skipped, not read) or a converted one holding weights only.
+  Targets are ShapeDtypeStructs with shardings; each array lands where they say.
+  """
+  target = {'params': abstract_params}
+  if jax.tree.leaves(abstract_model_state):
+    target['model_state'] = abstract_model_state
+  restore_args = ocp.checkpoint_utils.construct_restore_args(target)
+  with ocp.PyTreeCheckpointer() as checkpointer:
+    restored = checkpointer.restore(path, args=ocp.args.PyTreeRestore(
+        item=target, restore_args=restore_args, partial_restore=True))
+  return restored['params'], restored.get('model_state', abstract_model_state)
+
+
+def find_checkpoint(path: str) -> tuple[str, int]:
+  """(`state` item directory, step) of the newest checkpoint under `path`.
+
+  `path` may be a workdir (train.py's or perceiver-convert's), its checkpoints/
+  directory, or one checkpoints/<step> directory.
+  """
+  path = os.path.abspath(os.path.expanduser(path))
+  for candidate in (os.path.join(path, 'checkpoints'), path):
+    if os.path.isdir(os.path.join(candidate, 'state')):
+      step = os.path.basename(candidate)
+      return os.path.join(candidate, 'state'), int(step) if step.isdigit() else 0
+    steps = [int(d) for d in (os.listdir(candidate) if os.path.isdir(candidate) else ())
+             if d.isdigit() and os.path.isdir(os.path.join(candidate, d, 'state'))]
+    if steps:
+      return os.path.join(candidate, str(max(steps)), 'state'), max(steps)
+  raise UserError(f'No checkpoint found at {path}; point init_from at a workdir written by '
+                  f'train.py or perceiver-convert, or at one of its checkpoints/<step> '
+                  f'directories.')
+
+
+def _saved_shapes(path: str, item: str) -> dict[str, tuple[int, ...]]:
+  with ocp.StandardCheckpointer() as checkpointer:
+    metadata = checkpointer.metadata(path).item_metadata
+  return _shapes(metadata[item]) if item in metadata else {}
+
+
+def init_from_checkpoint(state, shardings, path: str, exclude: str = ''):
+  """Replaces the weights of a freshly initialised `state` by those of a checkpoint.
+
+  Parameters whose path (e.g. 'decoder/decoder/output/kernel') matches the regular
+  expression `exclude` keep their fresh initialisation: a new classifier head, say.
+  Every other parameter must exist in the checkpoint with the same shape. The step,
+  optimizer state and RNG stay fresh: this starts a new run from pretrained weights.
+  """
+  item_path, step = find_checkpoint(path)
+  skip = re.compile(exclude) if exclude else None
+  loaded = {}
+  for item in ('params', 'model_state'):
+    tree, tree_shardings = getattr(state, item), getattr(shardings, item)
+    have = _saved_shapes(item_path, item)
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(tree)
+    names = list(_shapes(tree))
+    keep = []
+    for name, (_, leaf) in zip(names, leaves):
+      if skip is not None and skip.fullmatch(name):
+        continue
+      if name not in have:
+        raise UserError(f'init_from checkpoint {item_path} has no {item} entry {name!r} that '
+                        f'this model needs; add it to config.init_exclude to keep it freshly '
+                        f'initialised, or use a checkpoint of this architecture.')
+      if have[name] != tuple(leaf.shape):
+        raise UserError(f'{item} entry {name!r} has shape {have[name]} in init_from checkpoint '
+                        f'{item_path} but {tuple(leaf.shape)} in this model; add it to '
+                        f'config.init_exclude to train it from scratch.')
+      keep.append(name)
+    loaded[item] = (tree, tree_shardings, set(keep))
+
+  def target_of(item):
+    tree, tree_shardings, keep = loaded[item]
+    return _select(tree, tree_shardings, keep)
+
+  params, model_state = restore_weights(item_path, target_of('params'),
+                                        target_of('model_state'))
+  new_params = _merge(state.params, params)
+  new_model_state = _merge(state.model_state, model_state)
+  if jax.process_index() == 0:
+    kept = len(jax.tree.leaves(params))
+    logging.info('Initialised %d parameter arrays from %s (step %d)%s.', kept, item_path,
+                 step, f'; kept fresh: /{exclude}/' if exclude else '')
+  return state.replace(params=new_params, model_state=new_model_state)
+
+
+def _select(tree, tree_shardings, keep: set[str]):
+  """The sub-dict of `tree` at the paths in `keep`, as sharded ShapeDtypeStructs."""
+  out = {}
+  flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+  flat_shardings = jax.tree.leaves(tree_shardings)
+  for (path, leaf), sharding in zip(flat, flat_shardings):
+    keys = [getattr(k, 'key', getattr(k, 'name', getattr(k, 'idx', k))) for k in path]
+    if '/'.join(map(str, keys)) not in keep:
+      continue
+    node = out
+    for key in keys[:-1]:
+      node = node.setdefault(key, {})
+    node[keys[-1]] = jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding)
+  return out
+
+
+def _merge(base, update):
+  """`base` (a nested dict) with the leaves present in `update` replaced."""
+  if not isinstance(update, dict):
+    return update
+  merged = dict(base)
+  for key, value in update.items():
+    merged[key] = _merge(base[key], value)
+  return merged
 
 
 def resolve_step(manager: ocp.CheckpointManager, workdir: str, step: int | None) -> int:

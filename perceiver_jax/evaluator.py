@@ -33,7 +33,10 @@ def evaluate(config, workdir: str, step: int | None = None, split: str | None = 
   input_shape = tuple(pipeline.dataset_info(config.data).input_shape)
   target, shardings, spec, _, _ = state_lib.create_train_state(
       config, input_shape, mesh, initialise=False)
-  state = ckpt.restore(manager, step, target)
+  # Weights only: the optimizer state is neither needed nor (for converted models) present.
+  ckpt.check_compatible(manager, step, target.params)
+  params, model_state = ckpt.restore_weights(ckpt.state_path(manager, step), target.params,
+                                             target.model_state)
   ckpt.log_restored(step, workdir)
 
   eval_step = steps.make_eval_step(spec, mesh, shardings.params, shardings.model_state)
@@ -41,7 +44,7 @@ def evaluate(config, workdir: str, step: int | None = None, split: str | None = 
       config.data, split, global_batch_size=shd.eval_batch_size(config.eval.batch_size, mesh),
       process_index=jax.process_index(), process_count=jax.process_count())
   to_global = lambda batch: pipeline.to_global(batch, shd.batch_sharding(mesh))
-  metrics = steps.evaluate_split(eval_step, state.params, state.model_state, batches, to_global)
+  metrics = steps.evaluate_split(eval_step, params, model_state, batches, to_global)
   manager.close()
 
   result = {'step': step, 'split': split, **metrics}

@@ -57,6 +57,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
   if start_step:
     state = ckpt.restore(manager, start_step, state, train_iter)
     ckpt.log_restored(start_step, workdir)
+  elif config.get('init_from'):
+    # Fine-tuning starts from pretrained weights; a resumed run ignores them (its own win).
+    state = ckpt.init_from_checkpoint(state, shardings, config.init_from,
+                                      config.get('init_exclude', ''))
   # Written only once the workdir's checkpoints are known to fit this config.
   if jax.process_index() == 0:
     with open(os.path.join(workdir, 'config.json'), 'w') as f:

@@ -6,6 +6,8 @@ Each failure is a `UserError` with one sentence: what is wrong and how to fix it
 from __future__ import annotations
 
 import math
+import os
+import re
 
 import jax
 
@@ -37,6 +39,15 @@ def validate_config(config, *, mesh=None, training: bool = True) -> None:
                     f'divisible by num_self_attend_heads={enc.num_self_attend_heads}; '
                     'choose a head count that divides the latent channels.')
   shd.rules_dict(config.sharding.rules)
+  init_from = config.get('init_from')
+  if training and init_from and not os.path.exists(os.path.expanduser(init_from)):
+    raise UserError(f'config.init_from={init_from} does not exist; point it at a workdir '
+                    'written by train.py or perceiver-convert.')
+  try:
+    re.compile(config.get('init_exclude', ''))
+  except re.error as e:
+    raise UserError(f'config.init_exclude={config.init_exclude!r} is not a valid regular '
+                    f'expression ({e}); e.g. use \'decoder/.*\'.') from None
   if mesh is None:
     return
   dp = shd.data_parallel_size(mesh)

@@ -125,3 +125,53 @@ def test_checkpoint_of_another_model_names_the_parameter_and_shapes(straight_run
     assert 'Traceback' not in proc.stderr
   with open(os.path.join(workdir, 'config.json')) as f:
     assert f.read() == saved_config  # the refused run overwrote nothing
+
+
+def _leaves_by_name(tree):
+  return {'/'.join(str(getattr(k, 'key', k)) for k in path): np.asarray(leaf)
+          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def test_init_from_loads_weights_and_keeps_excluded_ones_fresh(straight_run, data_dir):
+  workdir, _ = straight_run
+  config = tiny_mnist1d_config(**{'data.data_dir': data_dir})
+  mesh = shd.make_mesh({'data': 2, 'fsdp': 4, 'tensor': 1})
+  fresh, shardings, *_ = state_lib.create_train_state(config, (40, 1), mesh)
+  trained = _leaves_by_name(_restore_params(workdir, 6))
+  fresh_leaves = _leaves_by_name(fresh.params)
+  state = ckpt.init_from_checkpoint(fresh, shardings, workdir, exclude='decoder/.*')
+  got = _leaves_by_name(state.params)
+  assert int(state.step) == 0
+  assert any(name.startswith('decoder/') for name in got)
+  for name, value in got.items():
+    want = fresh_leaves[name] if name.startswith('decoder/') else trained[name]
+    np.testing.assert_array_equal(value, want, err_msg=name)
+  # The weights land in this run's shardings, not the checkpoint's (data=4 x fsdp=2).
+  for leaf, sharding in zip(jax.tree.leaves(state.params), jax.tree.leaves(shardings.params)):
+    assert leaf.sharding == sharding
+
+
+def test_init_from_a_checkpoint_of_another_shape_says_which_parameter(straight_run, data_dir):
+  workdir, _ = straight_run
+  config = tiny_mnist1d_config(**{'data.data_dir': data_dir, 'model.num_classes': 5})
+  mesh = shd.make_mesh({'data': 8, 'fsdp': 1, 'tensor': 1})
+  fresh, shardings, *_ = state_lib.create_train_state(config, (40, 1), mesh)
+  with pytest.raises(ValueError, match=r"'decoder/decoder/output/bias' has shape \(10,\) "
+                                       r"in init_from checkpoint .* but \(5,\).*init_exclude"):
+    ckpt.init_from_checkpoint(fresh, shardings, workdir)
+  # Excluding the head makes the same checkpoint usable for a 5-class task.
+  state = ckpt.init_from_checkpoint(fresh, shardings, workdir, exclude=r'decoder/decoder/output/.*')
+  assert state.params['decoder']['decoder']['output']['kernel'].shape == (32, 5)
+
+
+def test_train_with_init_from_and_bad_init_from(straight_run, data_dir, tmp_path):
+  workdir, overrides = straight_run
+  args = ['--config=configs/mnist1d.py', *flags_for({**overrides, 'train.num_steps': 2})]
+  proc = run_main('train.py', [*args, f'--workdir={tmp_path / "ft"}',
+                               f'--config.init_from={workdir}'])
+  assert f"from {os.path.join(workdir, 'checkpoints', '6', 'state')} (step 6)" in proc.stderr
+  missing = tmp_path / 'nowhere'
+  proc = run_main('train.py', [*args, f'--workdir={tmp_path / "ft2"}',
+                               f'--config.init_from={missing}'], check=False)
+  assert proc.returncode == 2 and 'Traceback' not in proc.stderr
+  assert f'config.init_from={missing} does not exist' in proc.stderr
