@@ -1,4 +1,4 @@
-"""Command-line mains behind train.py / eval.py and the perceiver-train / perceiver-eval scripts."""
+"""Command-line mains behind train.py / eval.py / convert.py and the perceiver-* scripts."""
 
 from __future__ import annotations
 
@@ -74,3 +74,25 @@ def eval_main() -> None:
   flags.DEFINE_integer('step', None, 'Checkpoint step to evaluate (default: the latest).')
   flags.DEFINE_string('split', None, 'Split to evaluate (default: config.data.eval_split).')
   app.run(_eval)
+
+
+def _convert(argv) -> None:
+  del argv
+  _setup_logging()
+
+  def go():
+    _require_flags()
+    if not FLAGS.input:
+      raise UserError('--input is required: the released checkpoint file to convert.')
+    from perceiver_jax.convert import to_checkpoint
+    summary = to_checkpoint.convert_to_checkpoint(FLAGS.config, FLAGS.input, FLAGS.workdir,
+                                                  FLAGS.format)
+    print(json.dumps(summary))
+  _run(go)
+
+
+def convert_main() -> None:
+  flags.DEFINE_string('input', None, 'Released weights: HF .safetensors/.bin or DeepMind .pkl.')
+  flags.DEFINE_enum('format', 'auto', ['auto', 'hf', 'haiku'],
+                    'Checkpoint naming: Hugging Face, DeepMind Haiku, or detect from the keys.')
+  app.run(_convert)

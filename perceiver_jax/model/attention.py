@@ -117,17 +117,30 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array,
   return out
 
 
+# DeepMind's Haiku models use the tanh approximation of GELU (jax.nn.gelu's default);
+# Hugging Face's port uses the exact erf form ('gelu'). Outputs differ by ~1e-3.
+MLP_ACTIVATIONS = {
+    'gelu_tanh': lambda x: jax.nn.gelu(x, approximate=True),
+    'gelu': lambda x: jax.nn.gelu(x, approximate=False),
+}
+
+
 class MLP(nnx.Module):
   """Transformer MLP: dense(widening*C) -> GELU -> dense(C) -> dropout. No LayerNorm.
 
-  [batch, index, C] -> [batch, index, C].
+  [batch, index, C] -> [batch, index, C]. `activation` names an entry of MLP_ACTIVATIONS.
   """
   HAIKU_NAMES = {'dense_in': 'linear', 'dense_out': 'linear_1'}
 
   def __init__(self, num_channels: int, *, widening_factor: int = 4,
                dropout_prob: float = 0.0, init_scale: float = 1.0,
-               channel_name: str | None = 'embed', dtype: Dtype = jnp.float32,
-               param_dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
+               channel_name: str | None = 'embed', activation: str = 'gelu_tanh',
+               dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32,
+               rngs: nnx.Rngs):
+    if activation not in MLP_ACTIVATIONS:
+      raise ValueError(f'Unknown MLP activation {activation!r}; valid names are '
+                       f'{", ".join(repr(a) for a in MLP_ACTIVATIONS)}.')
+    self.activation = activation
     kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype,
               kernel_init=linear_init(init_scale))
     hidden = widening_factor * num_channels
@@ -137,7 +150,7 @@ class MLP(nnx.Module):
 
   def __call__(self, x: jax.Array, *, deterministic: bool = True,
                rngs: nnx.Rngs | None = None) -> jax.Array:
-    x = jax.nn.gelu(self.dense_in(x))
+    x = MLP_ACTIVATIONS[self.activation](self.dense_in(x))
     return self.dropout(self.dense_out(x), deterministic=deterministic, rngs=rngs)
 
 

@@ -67,8 +67,14 @@ class BasicDecoder(nnx.Module):
                v_channels: int | None = None, num_heads: int = 1, widening_factor: int = 1,
                use_query_residual: bool = False, final_project: bool = True,
                output_w_init=None, attention_impl: str | None = None,
+               query_chunk_size: int | None = None,
                dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32,
                rngs: nnx.Rngs):
+    if query_chunk_size is not None and query_chunk_size < 0:
+      raise ValueError(f'query_chunk_size must be >= 0 (0 or None = all queries at once), '
+                       f'got {query_chunk_size}.')
+    # Queries decoded per step; bounds decoder memory for huge outputs (0 = all at once).
+    self.query_chunk_size = int(query_chunk_size or 0)
     self.output_index_dims = tuple(int(n) for n in output_index_dims)
     self.num_outputs = int(np.prod(self.output_index_dims))
     self.output_num_channels = output_num_channels
@@ -127,12 +133,47 @@ class BasicDecoder(nnx.Module):
   def __call__(self, query: jax.Array, z: jax.Array, *,
                query_mask: jax.Array | None = None, deterministic: bool = True,
                rngs: nnx.Rngs | None = None) -> jax.Array:
-    """query_mask: optional [batch, M] booleans; masked queries decode to zeros+MLP."""
+    """query_mask: optional [batch, M] booleans; masked queries decode to zeros+MLP.
+
+    With query_chunk_size = c > 0 and M > c, the queries are decoded c at a time in a
+    sequential loop (jax.lax.map), so attention memory is [batch, heads, c, num_latents]
+    whatever M is; each query is decoded independently, so outputs are the same.
+    """
+    chunk = self.query_chunk_size
+    if chunk and query.shape[1] > chunk:
+      return self._decode_in_chunks(query, z, query_mask, chunk, deterministic)
+    return self._decode(query, z, query_mask, deterministic=deterministic, rngs=rngs)
+
+  def _decode(self, query, z, query_mask, *, deterministic, rngs):
     mask = make_attention_mask(query_mask, None)
     out = self.cross_attend(query, z, mask, deterministic=deterministic, rngs=rngs)
     if self.output is not None:
       out = self.output(out)
     return out
+
+  def _decode_in_chunks(self, query, z, query_mask, chunk, deterministic):
+    batch, num_queries = query.shape[:2]
+    num_chunks = -(-num_queries // chunk)
+    pad = num_chunks * chunk - num_queries
+    if query_mask is None:
+      query_mask = jnp.ones((batch, num_queries), bool)
+    # Padded queries are masked and sliced off below.
+    query = jnp.pad(query, ((0, 0), (0, pad), (0, 0)))
+    query_mask = jnp.pad(query_mask.astype(bool), ((0, 0), (0, pad)))
+    # [batch, chunks * c, ...] -> [chunks, batch, c, ...] for the loop over chunks.
+    q_chunks = query.reshape(batch, num_chunks, chunk, -1).swapaxes(0, 1)
+    m_chunks = query_mask.reshape(batch, num_chunks, chunk).swapaxes(0, 1)
+    graphdef, state = nnx.split(self)
+
+    def decode_chunk(args):
+      q, m = args
+      # The decoder cross-attend has no dropout, so no rngs are threaded into the loop.
+      return nnx.merge(graphdef, state)._decode(q, z, m, deterministic=deterministic,
+                                                rngs=None)
+
+    out = jax.lax.map(decode_chunk, (q_chunks, m_chunks))  # [chunks, batch, c, C_out]
+    out = out.swapaxes(0, 1).reshape(batch, num_chunks * chunk, -1)
+    return out[:, :num_queries]
 
 
 class ClassificationDecoder(nnx.Module):
@@ -167,3 +208,56 @@ class ClassificationDecoder(nnx.Module):
                rngs: nnx.Rngs | None = None) -> jax.Array:
     """[batch, 1, Cq] query, z [batch, num_latents, D] -> [batch, num_classes]."""
     return self.decoder(query, z, deterministic=deterministic, rngs=rngs)[:, 0, :]
+
+
+class FlowDecoder(nnx.Module):
+  """Optical-flow decoder: the queries are the preprocessed inputs themselves (one per
+  pixel), decoded to `output_num_channels` and divided by `rescale_factor`.
+
+  __call__: query [batch, H*W, Cq], z [batch, num_latents, D] -> [batch, H, W, C_out].
+  """
+  HAIKU_NAMES = {'decoder': 'flow_decoder/~/basic_decoder'}
+
+  def __init__(self, num_z_channels: int, num_query_channels: int,
+               output_image_shape: Sequence[int], *, output_num_channels: int = 2,
+               rescale_factor: float = 100.0, num_heads: int = 1,
+               qk_channels: int | None = None, v_channels: int | None = None,
+               widening_factor: int = 1, use_query_residual: bool = False,
+               attention_impl: str | None = None, query_chunk_size: int | None = None,
+               dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32,
+               rngs: nnx.Rngs):
+    """query_chunk_size: decode this many pixels at a time (0/None = all at once); the
+    released model has 368*496 = 182528 queries."""
+    self.output_image_shape = tuple(int(n) for n in output_image_shape)
+    self.output_num_channels = output_num_channels
+    self.rescale_factor = float(rescale_factor)
+    # DeepMind zero-initialises the flow head (output_w_init=jnp.zeros).
+    self.decoder = BasicDecoder(
+        num_z_channels, output_num_channels, position_encoding=None,
+        output_index_dims=self.output_image_shape, num_query_channels=num_query_channels,
+        qk_channels=qk_channels, v_channels=v_channels, num_heads=num_heads,
+        widening_factor=widening_factor, use_query_residual=use_query_residual,
+        output_w_init=nnx.initializers.zeros_init(), attention_impl=attention_impl,
+        query_chunk_size=query_chunk_size, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+
+  def decoder_query(self, inputs: jax.Array, modality_sizes=None, inputs_without_pos=None,
+                    subsampled_points=None) -> jax.Array:
+    """inputs: the preprocessed inputs [batch, H*W, Cq] (first frame's pixels + position
+    features), used as the queries as they are."""
+    if subsampled_points is not None:
+      raise ValueError('FlowDecoder decodes every pixel; subsampled output points are not '
+                       'supported.')
+    return inputs
+
+  def output_shape(self, inputs: jax.Array):
+    return (inputs.shape[0],) + self.output_image_shape + (self.output_num_channels,), None
+
+  def __call__(self, query: jax.Array, z: jax.Array, *,
+               query_mask: jax.Array | None = None, deterministic: bool = True,
+               rngs: nnx.Rngs | None = None) -> jax.Array:
+    if query.shape[1] != math.prod(self.output_image_shape):
+      raise ValueError(f'FlowDecoder got {query.shape[1]} queries for an output image of '
+                       f'{self.output_image_shape}; the preprocessed input grid must match.')
+    preds = self.decoder(query, z, query_mask=query_mask, deterministic=deterministic,
+                         rngs=rngs) / self.rescale_factor
+    return preds.reshape((preds.shape[0],) + self.output_image_shape + (preds.shape[-1],))

@@ -55,7 +55,10 @@ class _PositionalPreprocessor(nnx.Module):
   """Shared logic: flatten the index dims and concat/add position features."""
 
   def _init_position(self, index_dims: Sequence[int], features: int, position_encoding,
-                     combine: str, rngs: nnx.Rngs, dtype: Dtype, param_dtype: Dtype):
+                     combine: str, rngs: nnx.Rngs, dtype: Dtype, param_dtype: Dtype, *,
+                     n_extra_pos_mlp: int = 0):
+    """n_extra_pos_mlp: residual linear layers (ReLU between) on the position encoding,
+    DeepMind's `n_extra_pos_mlp` (Haiku names linear, linear_1, ...)."""
     if combine not in COMBINE_MODES:
       raise ValueError(f"Unknown position combine mode {combine!r}; valid modes are "
                        f"'concat' and 'add'.")
@@ -67,6 +70,15 @@ class _PositionalPreprocessor(nnx.Module):
         position_encoding, self.index_dims, rngs=rngs, dtype=dtype,
         param_dtype=param_dtype) if position_encoding is not None else None
     pos_channels = 0 if self.pos_enc is None else self.pos_enc.num_channels
+    if n_extra_pos_mlp and self.pos_enc is None:
+      raise ValueError('n_extra_pos_mlp needs a position encoding; set '
+                       'position_encoding.name or n_extra_pos_mlp=0.')
+    # hk.Linear's default init: truncated normal with stddev 1/sqrt(fan_in).
+    init = jax.nn.initializers.truncated_normal(stddev=1.0 / max(pos_channels, 1) ** 0.5)
+    self.extra_pos_mlp = nnx.List([
+        dense(pos_channels, pos_channels, (None, 'pos_channels'), kernel_init=init,
+              rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+        for _ in range(n_extra_pos_mlp)])
     if combine == 'add' and self.pos_enc is not None and pos_channels != features:
       raise ValueError(
           f"combine='add' needs position encoding channels ({pos_channels}) equal to the "
@@ -80,6 +92,10 @@ class _PositionalPreprocessor(nnx.Module):
     if self.pos_enc is None:
       return PreprocessorOutput(x, x, None)
     pos_enc = self.pos_enc(batch, pos).astype(self.dtype)
+    for i, linear in enumerate(self.extra_pos_mlp):
+      pos_enc = pos_enc + linear(pos_enc)
+      if i < len(self.extra_pos_mlp) - 1:
+        pos_enc = jax.nn.relu(pos_enc)
     if self.combine == 'concat':
       with_pos = jnp.concatenate([x, pos_enc], axis=-1)
     else:

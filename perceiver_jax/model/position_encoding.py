@@ -3,6 +3,13 @@
 Follows DeepMind's `perceiver/position_encoding.py`. Every encoding is called as
 `pos_enc(batch_size, pos=None) -> [batch, prod(index_dims), channels]` and exposes
 `num_channels` so widths are known when the model is constructed.
+
+Against HF's port (PerceiverFourierPositionEncoding): given explicit positions, HF
+encodes the first example's positions for the whole batch, here each example gets its
+own (as DeepMind). Grids and frequency bands come from jnp.linspace as in DeepMind;
+torch.linspace rounds differently in float32, so at full size the features differ from
+HF's by up to 9e-5 (224x224, 64 bands) and 1.8e-4 (368x496); at the parity fixtures'
+sizes far below 1e-5.
 """
 
 from __future__ import annotations
@@ -107,6 +114,7 @@ class TrainablePositionEncoding(nnx.Module):
   Also the Perceiver's latent array. `channel_name` is the logical name of the
   channel axis ('embed' for latents/queries, 'pos_channels' for input encodings).
   """
+  HAIKU_NAMES = {'pos_embs': 'trainable_position_encoding/pos_embs'}
 
   def __init__(self, index_dim: int, num_channels: int = 128, *, init_scale: float = 0.02,
                channel_name: str | None = 'pos_channels', index_name: str | None = 'latents',
@@ -129,7 +137,13 @@ class TrainablePositionEncoding(nnx.Module):
 
 
 class PositionEncodingProjector(nnx.Module):
-  """Linear projection of a base encoding to `output_size` channels."""
+  """Linear projection of a base encoding to `output_size` channels.
+
+  In Haiku the base encoding is a sibling module (e.g. `trainable_position_encoding`)
+  and the projection is `position_encoding_projector/linear`.
+  """
+  HAIKU_NAMES = {'base': 'trainable_position_encoding (a sibling in Haiku)',
+                 'linear': 'position_encoding_projector/linear'}
 
   def __init__(self, output_size: int, base_position_encoding: nnx.Module, *,
                channel_name: str | None = 'pos_channels', dtype: Dtype = jnp.float32,

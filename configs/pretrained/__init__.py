@@ -1,0 +1,1 @@
+"""Configs of the released Perceiver IO models, with the reference hyperparameters."""

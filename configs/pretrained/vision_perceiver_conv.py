@@ -1,0 +1,32 @@
+"""vision-perceiver-conv: Perceiver IO on ImageNet after a conv stem (7x7/2 conv with 64
+channels, BatchNorm, ReLU, 3x3/2 max-pool: 224x224 -> 56x56) and 2-D Fourier features
+(64 bands, max_resolution 56): 64 + 258 = 322 input channels per position.
+
+conv_padding='same' is DeepMind's TF SAME padding (56x56 features); HF's port pads
+differently and yields 55x55 (--config.model.preprocessor.conv_padding=transformers).
+"""
+
+from configs.pretrained import _vision
+
+INPUT_SHAPE = _vision.IMAGE_SHAPE
+
+
+def get_config(arg=None):
+  del arg
+  config = _vision.imagenet_classifier_config()
+  prep = config.model.preprocessor
+  prep.name = 'image'
+  prep.prep_type = 'conv'
+  prep.spatial_downsample = 4
+  prep.num_channels = 64
+  prep.conv2d_use_batchnorm = True
+  prep.conv_padding = 'same'
+  pos = prep.position_encoding
+  pos.name = 'fourier'
+  pos.num_bands = 64
+  pos.max_resolution = (56, 56)
+  pos.concat_pos = True
+  pos.sine_only = False
+  pos.project_pos_dim = -1
+  pos.combine = 'concat'
+  return config

@@ -1,0 +1,10 @@
+"""Converts released Perceiver weights into an Orbax checkpoint for eval.py and train.py:
+
+  python convert.py --config=configs/pretrained/vision_perceiver_conv.py \
+      --input=model.safetensors --workdir=workdirs/vision_conv
+"""
+
+from perceiver_jax.cli import convert_main
+
+if __name__ == '__main__':
+  convert_main()

@@ -1,0 +1,115 @@
+"""Released weights -> an Orbax checkpoint that eval.py and train.py (init_from) read.
+
+The model of `config` is built abstractly (no initialisation is computed), the file's
+arrays are mapped to our parameter paths by the family's converter
+(`config.convert.family` -> `perceiver_jax.convert.hf_<family>`) and written as
+WORKDIR/checkpoints/0/state = {params, model_state}: the weights part of a training
+checkpoint, so `eval.py --workdir=WORKDIR` evaluates it and
+`train.py --config.init_from=WORKDIR` fine-tunes from it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from perceiver_jax import checkpoint as ckpt
+from perceiver_jax.convert.readers import load_checkpoint_file
+from perceiver_jax.convert.common import assign_params
+from perceiver_jax.errors import UserError
+from perceiver_jax.model.build import build_model
+
+FORMATS = ('auto', 'hf', 'haiku')
+
+
+def model_input_shape(config):
+  """Per-example input shape of a pretrained config (a dict for multimodal models)."""
+  shape = config.get('convert', {}).get('input_shape')
+  if shape is None:
+    raise UserError('config.convert.input_shape is not set; use a config from '
+                    'configs/pretrained/ or set it to the per-example input shape.')
+  if isinstance(shape, (dict, ml_collections.ConfigDict)):
+    return {k: tuple(int(n) for n in v) for k, v in dict(shape).items()}
+  return tuple(int(n) for n in shape)
+
+
+def family_converter(config):
+  """The `hf_<family>` converter module named by config.convert.family."""
+  family = config.get('convert', {}).get('family')
+  if not family:
+    raise UserError('config.convert.family is not set; use a config from configs/pretrained/ '
+                    '(language, vision, multimodal).')
+  try:
+    return importlib.import_module(f'perceiver_jax.convert.hf_{family}')
+  except ModuleNotFoundError:
+    raise UserError(f'config.convert.family={family!r} has no converter; valid families are '
+                    'language, vision and multimodal.') from None
+
+
+def detect_format(path: str, arrays: dict) -> str:
+  """'hf' for transformers state dicts (keys 'perceiver.*'), 'haiku' for DeepMind pickles."""
+  if any(k.startswith('perceiver.') for k in arrays):
+    return 'hf'
+  if path.endswith('.pkl') or any('/~/' in k or k.startswith('perceiver_encoder') for k in arrays):
+    return 'haiku'
+  raise UserError(f'{path} holds neither a Hugging Face Perceiver state dict (keys '
+                  f'"perceiver.*") nor DeepMind Haiku parameters; pass --format=hf or haiku '
+                  f'if you know which it is.')
+
+
+def convert_weights(config, path: str, fmt: str = 'auto') -> nnx.Module:
+  """The model of `config` holding the weights of the file at `path`."""
+  if fmt not in FORMATS:
+    raise UserError(f'Unknown format {fmt!r}; use one of {", ".join(FORMATS)}.')
+  if not os.path.exists(path):
+    raise UserError(f'{path} does not exist; pass the downloaded checkpoint file.')
+  converter = family_converter(config)
+  input_shape = model_input_shape(config)
+  arrays = load_checkpoint_file(path)
+  fmt = detect_format(path, arrays) if fmt == 'auto' else fmt
+  # Abstract build: shapes only, so a 200M-parameter model costs no initialisation.
+  model = nnx.eval_shape(lambda: build_model(config.model, input_shape=input_shape,
+                                             rngs=nnx.Rngs(0)))
+  convert = converter.convert_hf_state_dict if fmt == 'hf' else converter.convert_haiku_params
+  try:
+    assign_params(model, convert(arrays, model))
+  except KeyError as e:
+    raise UserError(f'{path} lacks {e} that config {config.convert.family!r} models need; '
+                    f'check that the file and the config are the same released model.') from None
+  except ValueError as e:
+    raise UserError(f'{path} does not fit this config: {e}') from None
+  return model
+
+
+def write_checkpoint(model: nnx.Module, workdir: str, config=None) -> str:
+  """Saves the model's weights as step 0 of WORKDIR/checkpoints; returns its directory."""
+  manager = ckpt.make_manager(workdir, ml_collections.ConfigDict(dict(keep=1, async_save=False)))
+  if manager.all_steps():
+    raise UserError(f'{ckpt.checkpoint_dir(workdir)} already holds checkpoints; convert into '
+                    f'a new --workdir so nothing is overwritten.')
+  _, params, rest = nnx.split(model, nnx.Param, ...)
+  weights = {'params': nnx.to_pure_dict(params), 'model_state': nnx.to_pure_dict(rest)}
+  weights = jax.tree.map(np.asarray, weights)
+  manager.save(0, args=ocp.args.Composite(state=ocp.args.StandardSave(weights)))
+  manager.wait_until_finished()
+  manager.close()
+  if config is not None:
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      f.write(config.to_json_best_effort(indent=2))
+  return os.path.join(ckpt.checkpoint_dir(workdir), '0')
+
+
+def convert_to_checkpoint(config, path: str, workdir: str, fmt: str = 'auto') -> dict:
+  """Converts the file at `path` for `config` into WORKDIR; returns a short summary."""
+  model = convert_weights(config, path, fmt)
+  directory = write_checkpoint(model, workdir, config)
+  num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+  logging.info('Converted %s (%d parameters) into %s.', path, num_params, directory)
+  return {'checkpoint': directory, 'num_params': num_params}

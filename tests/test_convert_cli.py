@@ -1,0 +1,101 @@
+"""convert.py: released weights -> Orbax checkpoint -> the same outputs after restoring it."""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from safetensors.numpy import save_file
+
+from configs.pretrained import language_perceiver
+from perceiver_jax import checkpoint as ckpt
+from perceiver_jax import sharding as shd
+from perceiver_jax.convert import to_checkpoint
+from perceiver_jax.errors import UserError
+from perceiver_jax.model.build import build_model
+from tests.helpers import run_main
+from tests.test_parity_language import INPUTS, META, OUTPUTS, STATE_DICT, model_config_like_hf
+
+
+def _tiny_language_config():
+  config = language_perceiver.get_config()
+  config.model = model_config_like_hf(META['hf_config'])
+  config.convert.input_shape = INPUTS['input_ids'].shape[1:]
+  return config
+
+
+def _model_flags(config) -> list[str]:
+  """--config.model.* flags that turn the released config into `config`'s tiny one."""
+  flags = []
+
+  def walk(node, prefix):
+    for key, value in node.items():
+      if hasattr(value, 'items'):
+        walk(value, f'{prefix}.{key}')
+      elif value is not None:
+        flags.append(f'--config{prefix}.{key}={value}')
+  walk(config.model, '.model')
+  shape = ','.join(str(n) for n in config.convert.input_shape)
+  return flags + [f'--config.convert.input_shape=({shape},)']
+
+
+@pytest.fixture(scope='module')
+def safetensors_file(tmp_path_factory):
+  path = str(tmp_path_factory.mktemp('hf') / 'model.safetensors')
+  save_file({k: np.ascontiguousarray(v) for k, v in STATE_DICT.items()}, path)
+  return path
+
+
+def test_converted_checkpoint_restores_to_the_reference_outputs(safetensors_file, tmp_path):
+  config = _tiny_language_config()
+  workdir = str(tmp_path / 'converted')
+  proc = run_main('convert.py', ['--config=configs/pretrained/language_perceiver.py',
+                                 f'--input={safetensors_file}', f'--workdir={workdir}',
+                                 *_model_flags(config)])
+  assert '"num_params"' in proc.stdout
+  # Restore the weights on a 4-way FSDP mesh, as eval.py would, and run the model.
+  mesh = shd.make_mesh({'data': 2, 'fsdp': 4, 'tensor': 1})
+  abstract = nnx.eval_shape(lambda: build_model(config.model, input_shape=(16,),
+                                                rngs=nnx.Rngs(0)))
+  graphdef, params, rest = nnx.split(abstract, nnx.Param, ...)
+  names = shd.logical_names(abstract)
+  params = nnx.to_pure_dict(params)
+  shardings = shd.tree_shardings(params, names, mesh, shd.rules_dict(config.sharding.rules))
+  target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                        params, shardings)
+  item, step = ckpt.find_checkpoint(workdir)
+  assert step == 0
+  restored, _ = ckpt.restore_weights(item, target, nnx.to_pure_dict(rest))
+  model = nnx.merge(graphdef, restored, rest)
+  logits = model(jnp.asarray(INPUTS['input_ids']),
+                 input_mask=jnp.asarray(INPUTS['attention_mask'].astype(bool)))
+  assert np.abs(np.asarray(logits) - OUTPUTS['logits']).max() <= 1e-5
+
+
+def test_library_conversion_detects_the_format_and_refuses_to_overwrite(safetensors_file,
+                                                                       tmp_path):
+  config = _tiny_language_config()
+  summary = to_checkpoint.convert_to_checkpoint(config, safetensors_file, str(tmp_path))
+  assert summary['num_params'] == sum(v.size for v in STATE_DICT.values())
+  with pytest.raises(UserError, match='already holds checkpoints'):
+    to_checkpoint.convert_to_checkpoint(config, safetensors_file, str(tmp_path))
+
+
+def test_weights_of_another_size_are_one_clear_sentence(safetensors_file, tmp_path):
+  config = _tiny_language_config()
+  config.model.encoder.num_latents = 6
+  proc = run_main('convert.py', ['--config=configs/pretrained/language_perceiver.py',
+                                 f'--input={safetensors_file}', f'--workdir={tmp_path / "w"}',
+                                 *_model_flags(config)], check=False)
+  assert proc.returncode == 2 and 'Traceback' not in proc.stderr, proc.stderr[-3000:]
+  assert "does not fit this config" in proc.stderr and "'encoder/z_pos_enc/pos_embs'" in proc.stderr
+  assert not os.path.exists(tmp_path / 'w' / 'checkpoints' / '0')
+
+
+def test_a_file_that_is_not_a_perceiver_checkpoint_is_refused(tmp_path):
+  path = str(tmp_path / 'other.safetensors')
+  save_file({'encoder.layer.0.weight': np.zeros((2, 2), np.float32)}, path)
+  with pytest.raises(UserError, match='neither a Hugging Face Perceiver state dict'):
+    to_checkpoint.convert_weights(_tiny_language_config(), path)
