@@ -1,13 +1,15 @@
 """Perceiver on MNIST-1D (Greydanus 2020), generated offline by the mnist1d package.
 
 Variants (configs/mnist1d.py:model=raw,data=shuffled):
-  model=patches  width-4 patches + linear + 1-D Fourier features, trained with random
-                 translations of up to 4 samples (default)
+  model=conv     a 1-D conv stem (kernel 5, 64 channels, ReLU, max-pool 2: 20 tokens) +
+                 1-D Fourier features, trained with random translations of up to 4 samples
+                 (default)
+  model=patches  width-4 patches + linear + 1-D Fourier features, same training
   model=raw      the pure Perceiver: raw samples + learned position encodings, no augmentation
   data=plain     the standard 4000/1000 split (default)
   data=shuffled  the same data under one fixed permutation of the 40 positions (translation
                  is then no longer label-preserving, so augmentation is off)
-  steps=N        training steps (default 5000 for patches, 3000 for raw)
+  steps=N        training steps (default 2000 for conv, 5000 for patches, 3000 for raw)
 """
 
 from configs import common
@@ -15,9 +17,10 @@ from configs import common
 
 def get_config(arg=None):
   config = common.get_config()
-  variant = common.parse_arg(arg, model='patches', data='plain', steps=0)
-  if variant.model not in ('patches', 'raw'):
-    raise ValueError(f'Unknown mnist1d model variant {variant.model!r}; use patches or raw.')
+  variant = common.parse_arg(arg, model='conv', data='plain', steps=0)
+  if variant.model not in ('conv', 'patches', 'raw'):
+    raise ValueError(f'Unknown mnist1d model variant {variant.model!r}; use conv, patches or '
+                     'raw.')
   if variant.data not in ('plain', 'shuffled'):
     raise ValueError(f'Unknown mnist1d data variant {variant.data!r}; use plain or shuffled.')
 
@@ -27,13 +30,19 @@ def get_config(arg=None):
   model = config.model
   model.num_classes = 10
   pos = model.preprocessor.position_encoding
-  if variant.model == 'patches':
-    model.preprocessor.name = 'patches'
-    # Width 4 beats width 2 here (93.6% vs 89.5% in 3000-step runs): each token then carries
-    # a local stretch of the signal, the locality prior a Perceiver otherwise lacks.
-    model.preprocessor.patch_size = (4,)
+  if variant.model in ('conv', 'patches'):
+    if variant.model == 'conv':
+      # Overlapping width-5 windows give each token a local stretch of the signal, the
+      # locality prior a Perceiver lacks (98.4% vs 93.8% for width-4 patches at 2000 steps).
+      model.preprocessor.name = 'conv1d'
+      model.preprocessor.kernel_size = 5
+      model.preprocessor.stride = 1
+      model.preprocessor.pool_size = 2
+    else:
+      model.preprocessor.name = 'patches'
+      model.preprocessor.patch_size = (4,)
     model.preprocessor.num_channels = 64
-    pos.name = 'fourier'  # on the 10-patch grid
+    pos.name = 'fourier'  # on the token grid
     pos.num_bands = 16
     if variant.data == 'plain':
       config.data.augment = 'random_shift'
@@ -52,12 +61,13 @@ def get_config(arg=None):
   model.decoder.name = 'classification'
 
   config.train.batch_size = 100
-  config.train.num_steps = variant.steps or (5000 if variant.model == 'patches' else 3000)
+  default_steps = {'conv': 2000, 'patches': 5000, 'raw': 3000}[variant.model]
+  config.train.num_steps = variant.steps or default_steps
   config.train.log_every_steps = 250
-  config.train.eval_every_steps = 2500
+  config.train.eval_every_steps = 1000
   config.eval.batch_size = 500
   config.optimizer.learning_rate = 2e-3
   config.optimizer.warmup_steps = 200
   config.optimizer.weight_decay = 5e-2
-  config.checkpoint.every_steps = 2500
+  config.checkpoint.every_steps = 1000
   return config

@@ -15,6 +15,7 @@ CASES = [
     (digits, None, (8, 8, 1)),
     (mnist1d, None, (40, 1)),
     (mnist1d, 'model=raw', (40, 1)),
+    (mnist1d, 'model=patches', (40, 1)),
     (mnist1d, 'model=raw,data=shuffled', (40, 1)),
     (mnist1d, 'data=shuffled,steps=10', (40, 1)),
 ]
