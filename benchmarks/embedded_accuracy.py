@@ -23,7 +23,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # name -> (config with variant, extra flags)
 EXPERIMENTS = {
     'digits': ('configs/digits.py', []),
-    'mnist1d_patches': ('configs/mnist1d.py', []),
+    'mnist1d_conv': ('configs/mnist1d.py', []),
+    'mnist1d_patches': ('configs/mnist1d.py:model=patches', []),
     'mnist1d_raw': ('configs/mnist1d.py:model=raw', []),
     'mnist1d_raw_shuffled': ('configs/mnist1d.py:model=raw,data=shuffled', []),
 }

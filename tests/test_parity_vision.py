@@ -94,6 +94,8 @@ def test_outputs_and_latents_match_hf(name):
   model, out, latents = converted_outputs(name)
   expected = fx['outputs']['flow' if 'flow' in fx['outputs'] else 'logits']
   assert np.abs(expected).max() > 1e-3  # a zero output would match anything
+  print(f'{name}: max |ours - HF| = {max_diff(out, expected):.3g} (output), '
+        f'{max_diff(latents, fx["outputs"]["latents"]):.3g} (latents)')
   assert max_diff(out, expected) <= TOLERANCE
   assert max_diff(latents, fx['outputs']['latents']) <= TOLERANCE
   if name == 'optical_flow_perceiver':

@@ -38,10 +38,10 @@ def load_checkpoint_file(path: str) -> dict[str, Array]:
       return {k: np.asarray(data[k]) for k in data.files}
   if ext in ('.bin', '.pt', '.pth'):
     return load_torch_zip(path)
-  if ext in ('.pkl', '.pickle'):
+  if ext in ('.pkl', '.pickle', '.pystate'):  # DeepMind's colabs release .pystate pickles
     return load_haiku_pickle(path)
   raise ValueError(f'Unknown checkpoint format {ext!r} for {path!r}; expected .safetensors, '
-                   f'.npz, .bin/.pt/.pth (PyTorch) or .pkl/.pickle (Haiku).')
+                   f'.npz, .bin/.pt/.pth (PyTorch) or .pkl/.pickle/.pystate (Haiku).')
 
 
 def _load_safetensors(path: str) -> dict[str, Array]:

@@ -57,7 +57,7 @@ def detect_format(path: str, arrays: dict) -> str:
   """'hf' for transformers state dicts (keys 'perceiver.*'), 'haiku' for DeepMind pickles."""
   if any(k.startswith('perceiver.') for k in arrays):
     return 'hf'
-  if path.endswith('.pkl') or any('/~/' in k or k.startswith('perceiver_encoder') for k in arrays):
+  if path.endswith(('.pkl', '.pickle', '.pystate')) or any('/~/' in k or k.startswith('perceiver_encoder') for k in arrays):
     return 'haiku'
   raise UserError(f'{path} holds neither a Hugging Face Perceiver state dict (keys '
                   f'"perceiver.*") nor DeepMind Haiku parameters; pass --format=hf or haiku '
@@ -72,7 +72,10 @@ def convert_weights(config, path: str, fmt: str = 'auto') -> nnx.Module:
     raise UserError(f'{path} does not exist; pass the downloaded checkpoint file.')
   converter = family_converter(config)
   input_shape = model_input_shape(config)
-  arrays = load_checkpoint_file(path)
+  try:
+    arrays = load_checkpoint_file(path)
+  except ValueError as e:
+    raise UserError(str(e)) from None
   fmt = detect_format(path, arrays) if fmt == 'auto' else fmt
   # Abstract build: shapes only, so a 200M-parameter model costs no initialisation.
   model = nnx.eval_shape(lambda: build_model(config.model, input_shape=input_shape,
