@@ -33,7 +33,7 @@ def get_config(arg=None):
   if variant.model in ('conv', 'patches'):
     if variant.model == 'conv':
       # Overlapping width-5 windows give each token a local stretch of the signal, the
-      # locality prior a Perceiver lacks (98.4% vs 93.8% for width-4 patches at 2000 steps).
+      # locality prior a Perceiver lacks (98.4% at 2000 steps vs 93.8% for width-4 patches at 2500).
       model.preprocessor.name = 'conv1d'
       model.preprocessor.kernel_size = 5
       model.preprocessor.stride = 1
