@@ -25,7 +25,7 @@ eval: install
 	$(PY) eval.py --config=$(CONFIG) --workdir=$(WORKDIR) $(ARGS)
 
 test: install
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n auto tests
 
 clean:
 	rm -rf $(VENV) workdirs *.egg-info

@@ -50,6 +50,9 @@ def get_config() -> ml_collections.ConfigDict:
       log_every_steps=50,
       eval_every_steps=0,       # 0: evaluate only at the end
       label_smoothing=0.0,
+      grad_accum_steps=1,       # >1: split each batch into this many micro-batches, one update
+      loss_scale_init=2.0**15,  # model.dtype=float16 only: initial dynamic loss scale
+      loss_scale_period=2000,   # float16 only: double the scale after this many finite steps
   ))
 
   config.optimizer = ml_collections.ConfigDict(dict(
@@ -71,16 +74,28 @@ def get_config() -> ml_collections.ConfigDict:
   # -1: all remaining devices. Pure data parallel by default.
   config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
   # Logical axis -> mesh axes. FSDP shards the model width; tensor parallelism the heads/MLP.
-  config.sharding = ml_collections.ConfigDict(dict(rules=(
-      ('batch', ('data', 'fsdp')),
-      ('embed', 'fsdp'),
-      ('input_channels', 'fsdp'),
-      ('pos_channels', 'fsdp'),
-      ('heads', 'tensor'),
-      ('mlp', 'tensor'),
-      ('classes', 'tensor'),
-      ('latents', None),
-  )))
+  # The mesh sizes pick the layout (size-1 axes are dropped); see perceiver_jax/sharding.py.
+  config.sharding = ml_collections.ConfigDict(dict(
+      # '' = config.mesh as written; dp | fsdp | tp | dp_fsdp | dp_tp | fsdp_tp | dp_fsdp_tp
+      # = all devices on those axes (the first takes the rest, the others' sizes from mesh).
+      layout='',
+      rules=(
+          # Parameters.
+          ('embed', 'fsdp'),
+          ('input_channels', 'fsdp'),
+          ('pos_channels', 'fsdp'),
+          ('heads', 'tensor'),        # q/k/v output channels of multi-head attention
+          ('head_dim', None),         # the same of single-head attention: nothing to split
+          ('mlp', 'tensor'),
+          ('classes', 'tensor'),
+          ('latents', None),
+          # Activations (sharding.constrain at block boundaries).
+          ('batch', ('data', 'fsdp')),
+          ('length', None),
+          ('act_embed', None),        # FSDP gathers weights, not activations
+          ('act_heads', 'tensor'),
+          ('act_mlp', 'tensor'),
+      )))
 
   config.checkpoint = ml_collections.ConfigDict(dict(
       every_steps=500,

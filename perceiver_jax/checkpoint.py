@@ -1,12 +1,14 @@
 """Orbax checkpoints: the train state plus the data iterator's position, restorable on any mesh.
 
 Layout: WORKDIR/checkpoints/<step>/{state, data}. `state` holds step, params, model
-state, optimizer state and the RNG; `data` is grain's iterator state (one entry per process).
+state, optimizer state and the RNG; `data` is grain's iterator state (one file per process;
+a run on another process count resumes from any of them, see `_foreign_data_state`).
 Evaluation restores `state` alone, with target shardings from whatever mesh it runs on.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -75,10 +77,38 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state, data_iter
   """
   check_compatible(manager, step, abstract_state.params)
   items = {'state': ocp.args.StandardRestore(abstract_state)}
-  if data_iterator is not None:
+  foreign = _foreign_data_state(manager, step) if data_iterator is not None else None
+  if data_iterator is not None and foreign is None:
     items['data'] = grain.checkpoint.CheckpointRestore(data_iterator)
   restored = manager.restore(step, args=ocp.args.Composite(**items))
+  if foreign is not None:
+    data_iterator.set_state(foreign)
   return restored['state']
+
+
+def _foreign_data_state(manager: ocp.CheckpointManager, step: int) -> dict | None:
+  """The iterator position saved by a run with another process count, else None.
+
+  grain writes data/process_<i>-of-<n>.json per process. Our pipeline's position is the
+  number of global batches read, the same in every file (data/pipeline.py), so a run on a
+  different number of processes can take it from any of them.
+  """
+  directory = os.path.join(str(manager.directory), str(step), 'data')
+  own = f'process_{jax.process_index()}-of-{jax.process_count()}.json'
+  if not os.path.isdir(directory) or os.path.exists(os.path.join(directory, own)):
+    return None
+  saved = sorted(f for f in os.listdir(directory) if re.fullmatch(r'process_\d+-of-\d+\.json', f))
+  if not saved:
+    return None
+  states = []
+  for name in saved:
+    with open(os.path.join(directory, name)) as f:
+      states.append(json.load(f))
+  if any(state != states[0] for state in states):
+    raise UserError(f'The data position in {directory} differs between the processes that '
+                    f'saved it, so it cannot be resumed on {jax.process_count()} process(es); '
+                    f'resume with the process count it was saved with ({len(saved)}).')
+  return states[0]
 
 
 def state_path(manager: ocp.CheckpointManager, step: int) -> str:

@@ -17,6 +17,20 @@ config_flags.DEFINE_config_file(
     'Experiment config file, optionally with a variant: configs/mnist1d.py:model=raw',
     lock_config=True)
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and evaluations.')
+# Multi-process runs (perceiver_jax/distributed.py): flags beat JAX_* variables beat cluster
+# detection (SLURM, Open MPI, Cloud TPU).
+flags.DEFINE_string('coordinator_address', None,
+                    'Multi-process: HOST:PORT of process 0 (default: $JAX_COORDINATOR_ADDRESS '
+                    'or detected from the cluster).')
+flags.DEFINE_integer('num_processes', None,
+                     'Multi-process: total number of processes (default: $JAX_NUM_PROCESSES '
+                     'or detected).')
+flags.DEFINE_integer('process_id', None,
+                     'Multi-process: this process\'s id, 0..num_processes-1 (default: '
+                     '$JAX_PROCESS_ID or detected).')
+flags.DEFINE_enum('distributed', 'auto', ['auto', 'on', 'off'],
+                  'auto: initialise jax.distributed when more than one process is configured or '
+                  'detected; on: always (Cloud TPU pod slices); off: never.')
 
 
 def _setup_logging() -> None:
@@ -42,12 +56,21 @@ def _require_flags() -> None:
     raise UserError('--workdir is required: the directory for checkpoints and metrics.')
 
 
+def _start() -> None:
+  """Checks the flags, then joins the other processes of a multi-process run (before any
+  JAX computation; a single-process run initialises nothing)."""
+  _require_flags()
+  from perceiver_jax import distributed
+  distributed.setup(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
+                    FLAGS.distributed)
+
+
 def _train(argv) -> None:
   del argv
   _setup_logging()
 
   def go():
-    _require_flags()
+    _start()
     from perceiver_jax import trainer  # heavy imports after flag parsing
     metrics = trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)
     print(json.dumps({'final_eval': metrics}))
@@ -59,7 +82,7 @@ def _eval(argv) -> None:
   _setup_logging()
 
   def go():
-    _require_flags()
+    _start()
     from perceiver_jax import evaluator
     result = evaluator.evaluate(FLAGS.config, FLAGS.workdir, step=FLAGS.step, split=FLAGS.split)
     print(json.dumps(result))
@@ -81,7 +104,7 @@ def _convert(argv) -> None:
   _setup_logging()
 
   def go():
-    _require_flags()
+    _start()
     if not FLAGS.input:
       raise UserError('--input is required: the released checkpoint file to convert.')
     from perceiver_jax.convert import to_checkpoint

@@ -24,7 +24,7 @@ def evaluate(config, workdir: str, step: int | None = None, split: str | None = 
   restores each array straight into the sharding this mesh wants.
   """
   validate_config(config)
-  mesh = shd.make_mesh(config.mesh)
+  mesh = shd.mesh_from_config(config)
   validate_config(config, mesh=mesh, training=False)
   manager = ckpt.make_manager(workdir, read_only=True)
   step = ckpt.resolve_step(manager, workdir, step)
@@ -39,7 +39,8 @@ def evaluate(config, workdir: str, step: int | None = None, split: str | None = 
                                              target.model_state)
   ckpt.log_restored(step, workdir)
 
-  eval_step = steps.make_eval_step(spec, mesh, shardings.params, shardings.model_state)
+  eval_step = steps.make_eval_step(spec, mesh, shardings.params, shardings.model_state,
+                                   rules=config.sharding.rules)
   batches = pipeline.make_eval_iterator(
       config.data, split, global_batch_size=shd.eval_batch_size(config.eval.batch_size, mesh),
       process_index=jax.process_index(), process_count=jax.process_count())

@@ -1,12 +1,30 @@
-"""Device mesh from config, logical-axis rules, and shardings of state and batches.
+"""Device mesh from config, logical-axis rules, and shardings of state, batches and activations.
 
 Parameters carry logical axis names (e.g. ('embed', 'mlp')); one rule table in the config
 maps each logical name to mesh axes (MaxText style). A dimension whose size is not divisible
 by its mesh axes is replicated instead, so small or odd layers never block a layout.
+
+Layouts. One rule table serves every layout, because mesh axes of size 1 are dropped: the
+mesh shape alone picks the layout. With the default rules
+  data=N                  pure data parallel: batch split N ways, everything else replicated;
+  fsdp=N                  FSDP: batch split N ways, and every parameter (hence its optimizer
+                          moments) split N ways on its model-width dim ('embed', ...);
+  tensor=N                tensor parallel: attention heads (q/k/v output channels, output
+                          projection input) and the MLP hidden dim split N ways;
+and any product of them (data=2 x fsdp=2 x tensor=2). `config.sharding.layout` is an optional
+shortcut that writes the mesh for you (see LAYOUTS and layout_mesh_config).
+
+Activations. The model calls `constrain(x, ('batch', 'latents', 'act_embed'))` at block
+boundaries. Outside `logical_sharding(mesh, rules)` (unit tests, eager use) it does nothing;
+the train/eval steps enter that context inside the traced function (`with_logical_sharding`),
+so the names are mapped through the same rules and mesh as the parameters at trace time.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import functools
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -53,6 +71,53 @@ def make_mesh(mesh_config, devices: Sequence[jax.Device] | None = None) -> Mesh:
   shape = mesh_shape(mesh_config, len(devices))
   return jax.make_mesh(shape, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(shape),
                        devices=devices)
+
+
+# config.sharding.layout -> the mesh axes it puts devices on, in the order they take them.
+LAYOUTS = {
+    'dp': ('data',),
+    'fsdp': ('fsdp',),
+    'tp': ('tensor',),
+    'dp_fsdp': ('data', 'fsdp'),
+    'dp_tp': ('data', 'tensor'),
+    'fsdp_tp': ('fsdp', 'tensor'),
+    'dp_fsdp_tp': ('data', 'fsdp', 'tensor'),
+}
+
+
+def layout_mesh_config(layout: str, mesh_config) -> dict[str, int]:
+  """config.mesh as `layout` writes it ('' = config.mesh unchanged).
+
+  Axes the layout does not name get size 1; its first axis takes the devices left over
+  (-1) unless config.mesh sets it > 1; its other axes need their size set > 1 in config.mesh.
+  E.g. layout='fsdp_tp' with mesh.tensor=2 on 8 devices -> data=1, fsdp=4, tensor=2.
+  """
+  sizes = {name: int(mesh_config[name]) for name in MESH_AXES}
+  if not layout:
+    return sizes
+  if layout not in LAYOUTS:
+    raise UserError(f'config.sharding.layout={layout!r} is unknown; use one of '
+                    f'{", ".join(repr(k) for k in LAYOUTS)} or \'\' (config.mesh as written).')
+  named = LAYOUTS[layout]
+  for name in MESH_AXES:
+    if name not in named and sizes[name] > 1:
+      raise UserError(f'config.sharding.layout={layout!r} puts no devices on {name!r} but '
+                      f'config.mesh.{name}={sizes[name]}; set config.mesh.{name}=1 or choose '
+                      'a layout that names it.')
+  for name in named[1:]:
+    if sizes[name] <= 1:
+      raise UserError(f'config.sharding.layout={layout!r} needs the size of {name!r}: set '
+                      f'config.mesh.{name} > 1 (e.g. --config.mesh.{name}=2).')
+  out = {name: (sizes[name] if name in named else 1) for name in MESH_AXES}
+  if out[named[0]] <= 1:
+    out[named[0]] = -1
+  return out
+
+
+def mesh_from_config(config, devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """The mesh of an experiment config: config.mesh, rewritten by config.sharding.layout."""
+  layout = config.sharding.get('layout', '') or ''
+  return make_mesh(layout_mesh_config(layout, config.mesh), devices)
 
 
 def data_parallel_size(mesh: Mesh) -> int:
@@ -149,3 +214,58 @@ def describe(shardings_tree, abstract_tree) -> str:
     shard = sharding.shard_shape(leaf.shape)
     per_device += math.prod(shard) * np.dtype(leaf.dtype).itemsize
   return f'state {total / 2**20:.2f} MiB in all, {per_device / 2**20:.2f} MiB per device'
+
+
+# ------------------------------------------------------------------------------------------
+# Activation constraints: logical names -> with_sharding_constraint, at trace time.
+# ------------------------------------------------------------------------------------------
+
+# (mesh, rules dict) while a step is being traced; None elsewhere (then constrain is a no-op).
+_ACTIVE: contextvars.ContextVar = contextvars.ContextVar('logical_sharding', default=None)
+
+
+@contextlib.contextmanager
+def logical_sharding(mesh: Mesh, rules):
+  """Within this context `constrain` maps logical names through `rules` onto `mesh`.
+
+  `rules` is the config's rule list or a rules_dict. Enter it inside the function being
+  traced (see with_logical_sharding): jax.jit traces lazily, at the first call.
+  """
+  if not isinstance(rules, Mapping):
+    rules = rules_dict(rules)
+  token = _ACTIVE.set((mesh, rules))
+  try:
+    yield
+  finally:
+    _ACTIVE.reset(token)
+
+
+def with_logical_sharding(fn, mesh: Mesh, rules):
+  """`fn` that traces its body inside logical_sharding(mesh, rules); wrap it before jax.jit.
+
+  rules=None returns `fn` unchanged (no activation constraints).
+  """
+  if rules is None:
+    return fn
+
+  @functools.wraps(fn)
+  def wrapped(*args, **kwargs):
+    with logical_sharding(mesh, rules):
+      return fn(*args, **kwargs)
+  return wrapped
+
+
+def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
+  """x constrained to the sharding its logical dim `names` map to; identity outside a
+  logical_sharding context or on a 1-device mesh. len(names) must equal x.ndim."""
+  active = _ACTIVE.get()
+  if active is None:
+    return x
+  mesh, rules = active
+  if mesh.size == 1:
+    return x
+  if len(names) != x.ndim:
+    raise ValueError(f'constrain got {len(names)} names {tuple(names)} for an array of '
+                     f'shape {x.shape}.')
+  spec = logical_to_spec(names, x.shape, mesh, rules)
+  return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))

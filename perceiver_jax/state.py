@@ -17,6 +17,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
+from perceiver_jax import precision
 from perceiver_jax import sharding as shd
 from perceiver_jax.model.build import build_model
 from perceiver_jax.optim import make_optimizer
@@ -30,6 +31,7 @@ class TrainState:
   model_state: Any         # pure dict of other model variables (e.g. BatchNorm statistics)
   opt_state: Any
   rng: jax.Array           # uint32 key data; per-step keys are fold_in(rng, step)
+  loss_scale: Any = None   # precision.LossScale when computing in float16, else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,7 +65,8 @@ def _init_fn(config, input_shape, tx):
     _, params, rest = nnx.split(model, nnx.Param, ...)
     params, rest = nnx.to_pure_dict(params), nnx.to_pure_dict(rest)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=rest,
-                      opt_state=tx.init(params), rng=jax.random.key_data(rng))
+                      opt_state=tx.init(params), rng=jax.random.key_data(rng),
+                      loss_scale=precision.make_loss_scale(config))
   return init
 
 
@@ -80,7 +83,8 @@ def state_shardings(config, input_shape, mesh: Mesh, tx) -> tuple[TrainState, Tr
   rep = shd.replicated(mesh)
   shardings = TrainState(step=rep, params=param_shardings,
                          model_state=jax.tree.map(lambda _: rep, abstract.model_state),
-                         opt_state=opt_shardings, rng=rep)
+                         opt_state=opt_shardings, rng=rep,
+                         loss_scale=jax.tree.map(lambda _: rep, abstract.loss_scale))
   return abstract, shardings
 
 

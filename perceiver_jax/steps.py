@@ -8,8 +8,9 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from perceiver_jax import precision
 from perceiver_jax import sharding as shd
 from perceiver_jax import tasks
 from perceiver_jax.state import ModelSpec, TrainState
@@ -23,48 +24,112 @@ def _apply(spec: ModelSpec, params, model_state, inputs, *, train: bool, key=Non
   return logits, nnx.to_pure_dict(new_model_state)
 
 
+def split_micro_batches(x: jax.Array, num_micro: int, mesh: Mesh) -> jax.Array:
+  """[batch, ...] -> [num_micro, batch // num_micro, ...], micro-batch i = rows i, i+k, ...
+
+  Strided rather than contiguous: each device's rows of the batch hold an equal share of
+  every micro-batch, so the split moves no data (batch must divide by k x data-parallel).
+  """
+  x = x.reshape((x.shape[0] // num_micro, num_micro) + x.shape[1:]).swapaxes(0, 1)
+  spec = P(None, shd.BATCH_AXES, *(None,) * (x.ndim - 2))
+  return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
+
+
 def make_train_step(spec: ModelSpec, tx: optax.GradientTransformation, schedule, config,
                     mesh: Mesh, state_shardings: TrainState):
-  """Returns train_step(state, batch) -> (state, metrics), jitted with donated state."""
+  """Returns train_step(state, batch) -> (state, metrics), jitted with donated state.
+
+  With train.grad_accum_steps = k the batch is processed as k micro-batches in a scan
+  (gradients and metric sums added up) before one optimizer update: the same update as
+  the whole batch at once, in about 1/k of the activation memory. With a float16 model the
+  loss is scaled by state.loss_scale, and a step with non-finite gradients changes nothing
+  but the scale.
+  """
   label_smoothing = float(config.train.label_smoothing)
+  num_micro = int(config.train.get('grad_accum_steps', 1))
+
+  def micro_grads(params, model_state, batch, key, total, scale):
+    """Gradient of scale * (this micro-batch's summed loss / total examples), and sums."""
+    def loss_fn(params):
+      logits, new_model_state = _apply(spec, params, model_state, batch['inputs'],
+                                       train=True, key=key)
+      _, sums = tasks.classification_loss(logits, batch['label'],
+                                          label_smoothing=label_smoothing)
+      objective = sums['loss'] / total
+      return (objective if scale is None else objective * scale), (sums, new_model_state)
+    (_, (sums, new_model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    return grads, sums, new_model_state
+
+  def accumulated_grads(state: TrainState, batch, key, scale):
+    total = batch['label'].shape[0]
+    if num_micro == 1:
+      return micro_grads(state.params, state.model_state, batch, key, total, scale)
+    micro = jax.tree.map(lambda x: split_micro_batches(x, num_micro, mesh), batch)
+
+    def body(carry, xs):
+      grads, sums, model_state = carry
+      index, micro_batch = xs
+      g, s, model_state = micro_grads(state.params, model_state, micro_batch,
+                                      jax.random.fold_in(key, index), total, scale)
+      return (jax.tree.map(jnp.add, grads, g), jax.tree.map(jnp.add, sums, s), model_state), None
+
+    first = jax.tree.map(lambda x: x[0], micro)
+    shapes = jax.eval_shape(micro_grads, state.params, state.model_state, first, key, total,
+                            scale)
+    zeros = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), shapes[:2])
+    (grads, sums, model_state), _ = jax.lax.scan(
+        body, (*zeros, state.model_state), (jnp.arange(num_micro), micro))
+    return grads, sums, model_state
 
   def train_step(state: TrainState, batch):
     key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-
-    def loss_fn(params):
-      logits, model_state = _apply(spec, params, state.model_state, batch['inputs'],
-                                   train=True, key=key)
-      loss, sums = tasks.classification_loss(logits, batch['label'],
-                                             label_smoothing=label_smoothing)
-      return loss, (sums, model_state)
-
-    (loss, (sums, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    loss_scale = state.loss_scale
+    scale = None if loss_scale is None else loss_scale.scale
+    grads, sums, model_state = accumulated_grads(state, batch, key, scale)
+    if loss_scale is not None:
+      grads = jax.tree.map(lambda g: g / scale, grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {
-        'loss': loss,
+        'loss': sums['loss'] / sums['count'],
         'accuracy': sums['correct'] / sums['count'],
         'grad_norm': optax.tree.norm(grads),
         'learning_rate': schedule(state.step),
     }
+    if loss_scale is not None:
+      # An overflowing step is skipped: the old params/optimizer state stay, the scale halves.
+      finite = precision.all_finite(grads)
+      params, opt_state, model_state = precision.select_tree(
+          finite, (params, opt_state, model_state),
+          (state.params, state.opt_state, state.model_state))
+      loss_scale = loss_scale.adjust(finite)
+      metrics['loss_scale'] = loss_scale.scale
+      metrics['skipped'] = (~finite).astype(jnp.float32)
     new_state = state.replace(step=state.step + 1, params=params, model_state=model_state,
-                              opt_state=opt_state)
+                              opt_state=opt_state, loss_scale=loss_scale)
     return new_state, metrics
 
   batch_sharding = shd.batch_sharding(mesh)
+  # Activations are constrained by their logical names while the step is traced.
+  train_step = shd.with_logical_sharding(train_step, mesh, config.sharding.rules)
   return jax.jit(train_step,
                  in_shardings=(state_shardings, batch_sharding),
                  out_shardings=(state_shardings, shd.replicated(mesh)),
                  donate_argnums=(0,))
 
 
-def make_eval_step(spec: ModelSpec, mesh: Mesh, params_shardings, model_state_shardings):
-  """Returns eval_step(params, model_state, batch) -> summed metrics (exact over padding)."""
+def make_eval_step(spec: ModelSpec, mesh: Mesh, params_shardings, model_state_shardings,
+                   rules=None):
+  """Returns eval_step(params, model_state, batch) -> summed metrics (exact over padding).
+
+  rules: config.sharding.rules, to constrain activations as in training (None: no constraints).
+  """
   def eval_step(params, model_state, batch):
     logits, _ = _apply(spec, params, model_state, batch['inputs'], train=False)
     _, sums = tasks.classification_loss(logits, batch['label'], batch['mask'])
     return sums
 
+  eval_step = shd.with_logical_sharding(eval_step, mesh, rules)
   return jax.jit(eval_step,
                  in_shardings=(params_shardings, model_state_shardings, shd.batch_sharding(mesh)),
                  out_shardings=shd.replicated(mesh))

@@ -29,7 +29,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   # Set-up: validate before anything expensive, then the mesh, the data and the model.
   # ----------------------------------------------------------------------------------------
   validate_config(config)
-  mesh = shd.make_mesh(config.mesh)
+  mesh = shd.mesh_from_config(config)
   validate_config(config, mesh=mesh)
   os.makedirs(workdir, exist_ok=True)
 
@@ -67,7 +67,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
       f.write(config.to_json_best_effort(indent=2))
 
   train_step = steps.make_train_step(spec, tx, schedule, config, mesh, shardings)
-  eval_step = steps.make_eval_step(spec, mesh, shardings.params, shardings.model_state)
+  eval_step = steps.make_eval_step(spec, mesh, shardings.params, shardings.model_state,
+                                   rules=config.sharding.rules)
   to_global = lambda batch: pipeline.to_global(batch, shd.batch_sharding(mesh))
   log = MetricsLog(workdir)
 

@@ -11,13 +11,30 @@ import re
 
 import jax
 
+from perceiver_jax import precision
 from perceiver_jax import sharding as shd
 from perceiver_jax.errors import UserError
+from perceiver_jax.model.encoder import REMAT_POLICIES
 
 
 def _positive(value, name: str, kind=int) -> None:
   if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
     raise UserError(f'config.{name} must be a positive {kind.__name__}, got {value!r}.')
+
+
+def _check_precision(config, training: bool) -> None:
+  """Compute dtype, remat policy, gradient accumulation and loss-scale fields."""
+  precision.compute_dtype(config.model.get('dtype', 'float32'))
+  remat = config.model.encoder.get('remat', 'none')
+  if remat not in REMAT_POLICIES:
+    raise UserError(f'config.model.encoder.remat={remat!r} is not a remat policy; use one of '
+                    f'{", ".join(REMAT_POLICIES)}.')
+  if not training:
+    return
+  _positive(config.train.get('grad_accum_steps', 1), 'train.grad_accum_steps')
+  if config.model.get('dtype') == 'float16':
+    _positive(config.train.loss_scale_init, 'train.loss_scale_init', float)
+    _positive(config.train.loss_scale_period, 'train.loss_scale_period')
 
 
 def validate_config(config, *, mesh=None, training: bool = True) -> None:
@@ -38,7 +55,14 @@ def validate_config(config, *, mesh=None, training: bool = True) -> None:
     raise UserError(f'model.encoder.num_latent_channels={enc.num_latent_channels} is not '
                     f'divisible by num_self_attend_heads={enc.num_self_attend_heads}; '
                     'choose a head count that divides the latent channels.')
+  for name in ('attention_chunk_size', 'attention_auto_chunk_threshold'):
+    value = config.model.get(name, 0)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+      raise UserError(f'config.model.{name}={value!r} is invalid; use an integer >= 0 '
+                      '(0 = off).')
   shd.rules_dict(config.sharding.rules)
+  shd.layout_mesh_config(config.sharding.get('layout', '') or '', config.mesh)
+  _check_precision(config, training)
   init_from = config.get('init_from')
   if training and init_from and not os.path.exists(os.path.expanduser(init_from)):
     raise UserError(f'config.init_from={init_from} does not exist; point it at a workdir '
@@ -57,3 +81,8 @@ def validate_config(config, *, mesh=None, training: bool = True) -> None:
     raise UserError(f'config.train.batch_size={batch} is not divisible by the data-parallel '
                     f'size {dp} (mesh data x fsdp) and {jax.process_count()} process(es); use a '
                     f'multiple of {math.lcm(dp, jax.process_count())}.')
+  accum = int(config.train.get('grad_accum_steps', 1))
+  if training and batch % (accum * dp):
+    raise UserError(f'config.train.batch_size={batch} does not split into '
+                    f'train.grad_accum_steps={accum} micro-batches over the data-parallel size '
+                    f'{dp} (mesh data x fsdp); use a multiple of {accum * dp}.')

@@ -297,7 +297,7 @@ def test_every_param_has_logical_axis_names():
   model = build(cfg)
   params = [(path, v) for path, v in nnx.iter_graph(model) if isinstance(v, nnx.Param)]
   assert len(params) > 50
-  valid = {'embed', 'input_channels', 'heads', 'mlp', 'latents', 'classes',
+  valid = {'embed', 'input_channels', 'heads', 'head_dim', 'mlp', 'latents', 'classes',
            'pos_channels', None}
   for path, p in params:
     names = p.get_metadata().get('out_sharding')

@@ -103,7 +103,7 @@ def write_checkpoint(model: nnx.Module, workdir: str, config=None) -> str:
   manager.save(0, args=ocp.args.Composite(state=ocp.args.StandardSave(weights)))
   manager.wait_until_finished()
   manager.close()
-  if config is not None:
+  if config is not None and jax.process_index() == 0:  # one writer in a multi-process run
     with open(os.path.join(workdir, 'config.json'), 'w') as f:
       f.write(config.to_json_best_effort(indent=2))
   return os.path.join(ckpt.checkpoint_dir(workdir), '0')

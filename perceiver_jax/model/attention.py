@@ -18,6 +18,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from perceiver_jax.model import chunked_attention as chunked
+from perceiver_jax.sharding import constrain
+
 Dtype = Any
 
 # hk.LayerNorm's default epsilon; keeps converted DeepMind weights numerically faithful.
@@ -79,7 +82,8 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array,
                           dropout_rate: float = 0.0,
                           dropout_rng: jax.Array | None = None,
                           implementation: str | None = None,
-                          chunk_size: int | None = None) -> jax.Array:
+                          chunk_size: int | None = None,
+                          auto_chunk_threshold: int | None = None) -> jax.Array:
   """The single attention entry point of the model.
 
   Args:
@@ -90,22 +94,29 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array,
     dropout_rate: dropout on the attention probabilities (applied iff dropout_rng).
     dropout_rng: PRNG key for that dropout; None = no dropout.
     implementation: passed to `jax.nn.dot_product_attention` (None lets JAX pick
-      cuDNN on GPU, 'xla' / 'cudnn' force one).
-    chunk_size: hook for a chunked, memory-efficient path (not implemented yet).
+      cuDNN on GPU, 'xla' / 'cudnn' force one); ignored on the chunked path.
+    chunk_size: > 0 = the memory-efficient path (chunked_attention.py), this many keys
+      at a time, when kv_len > chunk_size; 0 / None = plain attention.
+    auto_chunk_threshold: > 0 = use the chunked path iff q_len * kv_len exceeds it
+      (chunks of chunk_size, or chunked.DEFAULT_CHUNK_SIZE when that is 0).
 
   Returns:
     [batch, q_len, heads, v_head_dim]. Query rows whose mask is all False are zero
     (as in DeepMind's `attend`), never NaN.
   """
-  if chunk_size is not None:
-    raise NotImplementedError(
-        'Chunked attention is not implemented yet; leave chunk_size=None.')
   if mask is not None:
     # Keep size-1 axes: a full [batch, heads, q, kv] mask can be huge for big inputs.
     mask = mask.astype(bool)
     mask = mask.reshape((1,) * (4 - mask.ndim) + mask.shape)
   use_dropout = dropout_rate > 0.0 and dropout_rng is not None
-  if use_dropout or v.shape[-1] != k.shape[-1]:
+  chunk = chunked.chunk_length(q.shape[1], k.shape[1], chunk_size, auto_chunk_threshold)
+  if chunk:
+    # Never materialises [batch, heads, q_len, kv_len]; fully masked rows come out 0.
+    return chunked.chunked_attention(q, k, v, mask, chunk_size=chunk,
+                                     dropout_rate=dropout_rate, dropout_rng=dropout_rng)
+  # XLA:CPU lacks the float16 x float16 -> float32 dot that jax's fused float16 path asks for.
+  cpu_float16 = q.dtype == jnp.float16 and jax.default_backend() == 'cpu'
+  if use_dropout or v.shape[-1] != k.shape[-1] or cpu_float16:
     # The fused kernel has no probability dropout and needs equal qk / v head dims.
     out = _attention_reference(q, k, v, mask, dropout_rate, dropout_rng)
   else:
@@ -151,6 +162,7 @@ class MLP(nnx.Module):
   def __call__(self, x: jax.Array, *, deterministic: bool = True,
                rngs: nnx.Rngs | None = None) -> jax.Array:
     x = MLP_ACTIVATIONS[self.activation](self.dense_in(x))
+    x = constrain(x, ('batch', 'length', 'act_mlp'))
     return self.dropout(self.dense_out(x), deterministic=deterministic, rngs=rngs)
 
 
@@ -171,7 +183,8 @@ class Attention(nnx.Module):
                dropout_prob: float = 0.0, q_name: str | None = 'embed',
                kv_name: str | None = 'embed', output_name: str | None = 'embed',
                dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32,
-               rngs: nnx.Rngs, attention_impl: str | None = None):
+               rngs: nnx.Rngs, attention_impl: str | None = None,
+               attention_chunk_size: int = 0, attention_auto_chunk_threshold: int = 0):
     qk_channels = q_channels if qk_channels is None else qk_channels
     v_channels = qk_channels if v_channels is None else v_channels
     output_channels = v_channels if output_channels is None else output_channels
@@ -181,12 +194,18 @@ class Attention(nnx.Module):
     self.num_heads = num_heads
     self.dropout_prob = dropout_prob
     self.attention_impl = attention_impl
+    # Memory-efficient path selection (see dot_product_attention); validated here, once.
+    chunked.chunk_length(1, 1, attention_chunk_size, attention_auto_chunk_threshold)
+    self.attention_chunk_size = int(attention_chunk_size or 0)
+    self.attention_auto_chunk_threshold = int(attention_auto_chunk_threshold or 0)
     kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
     init = linear_init(init_scale)
-    self.query = dense(q_channels, qk_channels, (q_name, 'heads'), kernel_init=init, **kw)
-    self.key = dense(kv_channels, qk_channels, (kv_name, 'heads'), kernel_init=init, **kw)
-    self.value = dense(kv_channels, v_channels, (kv_name, 'heads'), kernel_init=init, **kw)
-    self.output = dense(v_channels, output_channels, ('heads', output_name),
+    # Tensor parallelism splits whole heads; one head's channels are left whole.
+    heads = 'heads' if num_heads > 1 else 'head_dim'
+    self.query = dense(q_channels, qk_channels, (q_name, heads), kernel_init=init, **kw)
+    self.key = dense(kv_channels, qk_channels, (kv_name, heads), kernel_init=init, **kw)
+    self.value = dense(kv_channels, v_channels, (kv_name, heads), kernel_init=init, **kw)
+    self.output = dense(v_channels, output_channels, (heads, output_name),
                         use_bias=with_final_bias,
                         kernel_init=linear_init(final_init_scale_multiplier * init_scale),
                         **kw)
@@ -196,7 +215,8 @@ class Attention(nnx.Module):
                rngs: nnx.Rngs | None = None) -> jax.Array:
     """mask: boolean broadcastable to [batch, heads, q_len, kv_len], True = attend."""
     def split_heads(x):
-      return x.reshape(x.shape[:2] + (self.num_heads, x.shape[-1] // self.num_heads))
+      x = x.reshape(x.shape[:2] + (self.num_heads, x.shape[-1] // self.num_heads))
+      return constrain(x, ('batch', 'length', 'act_heads', 'head_dim'))
     q = split_heads(self.query(inputs_q))
     k = split_heads(self.key(inputs_kv))
     v = split_heads(self.value(inputs_kv))
@@ -207,7 +227,10 @@ class Attention(nnx.Module):
       dropout_rng = rngs.dropout()
     out = dot_product_attention(q, k, v, mask, dropout_rate=self.dropout_prob,
                                 dropout_rng=dropout_rng,
-                                implementation=self.attention_impl)
+                                implementation=self.attention_impl,
+                                chunk_size=self.attention_chunk_size,
+                                auto_chunk_threshold=self.attention_auto_chunk_threshold)
+    out = constrain(out, ('batch', 'length', 'act_heads', 'head_dim'))
     return self.output(out.reshape(out.shape[:2] + (-1,)))
 
 
@@ -228,7 +251,8 @@ class CrossAttention(nnx.Module):
                v_channels: int | None = None, q_name: str | None = 'embed',
                kv_name: str | None = 'embed', dtype: Dtype = jnp.float32,
                param_dtype: Dtype = jnp.float32, rngs: nnx.Rngs,
-               attention_impl: str | None = None):
+               attention_impl: str | None = None, attention_chunk_size: int = 0,
+               attention_auto_chunk_threshold: int = 0):
     if shape_for_attn not in ('q', 'kv'):
       raise ValueError(f"shape_for_attn must be 'q' or 'kv', got {shape_for_attn!r}.")
     if qk_channels is None:
@@ -241,7 +265,9 @@ class CrossAttention(nnx.Module):
         q_channels, kv_channels, num_heads=num_heads, qk_channels=qk_channels,
         v_channels=v_channels, output_channels=q_channels, init_scale=att_init_scale,
         dropout_prob=dropout_attn_prob, q_name=q_name, kv_name=kv_name,
-        output_name=q_name, attention_impl=attention_impl, **kw)
+        output_name=q_name, attention_impl=attention_impl,
+        attention_chunk_size=attention_chunk_size,
+        attention_auto_chunk_threshold=attention_auto_chunk_threshold, **kw)
     self.dropout = nnx.Dropout(dropout_prob)
     self.mlp_norm = layer_norm(q_channels, q_name, **kw)
     self.mlp = MLP(q_channels, widening_factor=widening_factor, dropout_prob=dropout_prob,
@@ -273,14 +299,17 @@ class SelfAttention(nnx.Module):
                qk_channels: int | None = None, v_channels: int | None = None,
                channel_name: str | None = 'embed', dtype: Dtype = jnp.float32,
                param_dtype: Dtype = jnp.float32, rngs: nnx.Rngs,
-               attention_impl: str | None = None):
+               attention_impl: str | None = None, attention_chunk_size: int = 0,
+               attention_auto_chunk_threshold: int = 0):
     kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
     self.norm = layer_norm(num_channels, channel_name, **kw)
     self.attention = Attention(
         num_channels, num_channels, num_heads=num_heads, qk_channels=qk_channels,
         v_channels=v_channels, output_channels=num_channels, init_scale=att_init_scale,
         dropout_prob=dropout_attn_prob, q_name=channel_name, kv_name=channel_name,
-        output_name=channel_name, attention_impl=attention_impl, **kw)
+        output_name=channel_name, attention_impl=attention_impl,
+        attention_chunk_size=attention_chunk_size,
+        attention_auto_chunk_threshold=attention_auto_chunk_threshold, **kw)
     self.dropout = nnx.Dropout(dropout_prob)
     self.mlp_norm = layer_norm(num_channels, channel_name, **kw)
     self.mlp = MLP(num_channels, widening_factor=widening_factor, dropout_prob=dropout_prob,

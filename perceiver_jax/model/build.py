@@ -3,7 +3,14 @@
 Schema (all fields are in `default_model_config()`; configs start from it):
 
   num_classes                  int
+  dtype                        compute dtype 'float32' | 'bfloat16' | 'float16'; parameters
+      stay float32 (param_dtype), LayerNorm statistics, softmax and outputs float32
   attention_impl               None | 'xla' | 'cudnn' (None lets JAX choose)
+  attention_chunk_size         > 0: every attention takes keys/values this many at a time
+      with an online softmax (chunked_attention.py; memory linear in kv_len, same
+      results); 0 = only when attention_auto_chunk_threshold says so
+  attention_auto_chunk_threshold  > 0: the chunked path for any attention whose
+      q_len * kv_len exceeds it (chunks of attention_chunk_size, or 1024 if 0); 0 = never
   mlp_activation               'gelu_tanh' (DeepMind's, default) | 'gelu' (exact erf, as
       Hugging Face's port computes it): the GELU of every attention block's MLP
   preprocessor.name            'generic' | 'patches' | 'image'
@@ -22,7 +29,8 @@ Schema (all fields are in `default_model_config()`; configs start from it):
       num_cross_attend_heads, num_self_attend_heads, cross_attend_widening_factor,
       self_attend_widening_factor, qk_channels, v_channels,
       cross_attention_shape_for_attn, use_query_residual, dropout_prob,
-      latent_init_scale, cross_attend_every_block, share_cross_attend_weights}
+      latent_init_scale, cross_attend_every_block, share_cross_attend_weights,
+      remat ('none' | 'full' | 'dots_saveable': what each block keeps for the backward pass)}
   decoder.name                 'projection' | 'classification' | 'basic' | 'flow'
   decoder (flow only).rescale_factor; queries = the preprocessed inputs, output
       [batch, H, W, output_num_channels (None -> 2)] on the preprocessed grid
@@ -76,7 +84,10 @@ from __future__ import annotations
 from typing import Any
 
 import jax.numpy as jnp
-import ml_collections
+try:
+  import ml_collections
+except ImportError:  # the modules import without it (bare accelerator hosts); configs need it
+  ml_collections = None
 from flax import nnx
 
 from perceiver_jax.model import build_multimodal as bmm
@@ -88,6 +99,7 @@ from perceiver_jax.model import postprocessors as post
 from perceiver_jax.model import text_processors as text
 from perceiver_jax.model.encoder import PerceiverEncoder
 from perceiver_jax.model.perceiver import Perceiver
+from perceiver_jax.precision import compute_dtype
 
 Dtype = Any
 
@@ -118,7 +130,10 @@ def default_model_config() -> ml_collections.ConfigDict:
   query_pe.name = 'trainable'
   return ml_collections.ConfigDict(dict(
       num_classes=10,
+      dtype='float32',  # compute dtype: float32 | bfloat16 | float16 (params stay float32)
       attention_impl=None,
+      attention_chunk_size=0,  # keys per chunk of the memory-efficient path; 0 = auto only
+      attention_auto_chunk_threshold=2 ** 28,  # chunk when q_len*kv_len > this; 0 = never
       mlp_activation='gelu_tanh',
       preprocessor=dict(name='generic', patch_size=(4,), num_channels=0,
                         position_encoding=_position_encoding_config(),
@@ -136,7 +151,8 @@ def default_model_config() -> ml_collections.ConfigDict:
           cross_attend_widening_factor=1, self_attend_widening_factor=1, qk_channels=_optional(int),
           v_channels=_optional(int), cross_attention_shape_for_attn='kv', use_query_residual=True,
           dropout_prob=0.0, latent_init_scale=0.02, cross_attend_every_block=False,
-          share_cross_attend_weights=True),
+          share_cross_attend_weights=True,
+          remat='none'),  # recompute each block in the backward pass: none | full | dots_saveable
       decoder=dict(
           name='classification', num_heads=1, qk_channels=_optional(int),
           v_channels=_optional(int), widening_factor=1, use_query_residual=True,
@@ -184,11 +200,12 @@ def _build_preprocessor(cfg, input_shape, kw):
 
 
 def _build_decoder(cfg, num_classes, latent_channels, attention_impl, kw,
-                   preprocessor=None):
+                   preprocessor=None, chunking=None):
   _check_name('decoder', cfg.name, DECODERS)
   attn = dict(num_heads=cfg.num_heads, qk_channels=cfg.qk_channels,
               v_channels=cfg.v_channels, widening_factor=cfg.widening_factor,
-              use_query_residual=cfg.use_query_residual, attention_impl=attention_impl)
+              use_query_residual=cfg.use_query_residual, attention_impl=attention_impl,
+              **(chunking or {}))
   if cfg.name == 'projection':
     return dec.ProjectionDecoder(latent_channels, num_classes, **kw)
   if cfg.name == 'flow':
@@ -220,20 +237,27 @@ def _build_decoder(cfg, num_classes, latent_channels, attention_impl, kw,
 
 def build_model(model_config: ml_collections.ConfigDict, *,
                 input_shape: tuple[int, ...] | dict[str, tuple[int, ...]],
-                rngs: nnx.Rngs, dtype: Dtype = jnp.float32,
+                rngs: nnx.Rngs, dtype: Dtype | None = None,
                 param_dtype: Dtype = jnp.float32) -> Perceiver:
   """Builds a Perceiver for per-example inputs of `input_shape`, e.g. (40, 1), (8, 8, 1),
   or {modality: shape} for a multimodal model.
 
   `model_config` is `config.model`. Parameters carry logical-axis metadata
   (`out_sharding`) but are created unsharded; the caller places them on a mesh.
+  `dtype` (the compute dtype) defaults to `model_config.dtype`.
   """
   if 'encoder' not in model_config:
     raise ValueError('build_model expects config.model (with preprocessor, encoder and '
                      'decoder fields), not the whole experiment config.')
   input_shape = bmm.input_shapes(input_shape)
+  if dtype is None:
+    dtype = compute_dtype(model_config.get('dtype', 'float32'))
   kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
   impl = model_config.get('attention_impl')
+  # Memory-efficient attention selection, handed to every attention block.
+  chunking = dict(
+      attention_chunk_size=model_config.get('attention_chunk_size', 0) or 0,
+      attention_auto_chunk_threshold=model_config.get('attention_auto_chunk_threshold', 0) or 0)
   enc = model_config.encoder
   post_name = model_config.get('postprocessor', {}).get('name', 'auto')
   _check_name('postprocessor', post_name, POSTPROCESSORS)
@@ -248,7 +272,7 @@ def build_model(model_config: ml_collections.ConfigDict, *,
       decoder = bmm.build_multimodal_decoder(model_config, enc.num_latent_channels, impl, kw)
     else:
       decoder = _build_decoder(model_config.decoder, model_config.num_classes,
-                               enc.num_latent_channels, impl, kw, preprocessor)
+                               enc.num_latent_channels, impl, kw, preprocessor, chunking)
     encoder = PerceiverEncoder(
         preprocessor.num_channels, num_latents=enc.num_latents,
         num_latent_channels=enc.num_latent_channels, num_blocks=enc.num_blocks,
@@ -263,7 +287,7 @@ def build_model(model_config: ml_collections.ConfigDict, *,
         latent_init_scale=enc.latent_init_scale,
         cross_attend_every_block=enc.cross_attend_every_block,
         share_cross_attend_weights=enc.share_cross_attend_weights,
-        attention_impl=impl, **kw)
+        attention_impl=impl, remat=enc.get('remat', 'none'), **chunking, **kw)
     if post_name == 'auto':
       one_query = isinstance(decoder, dec.BasicDecoder) and decoder.num_outputs == 1
       post_name = 'classification' if one_query else 'none'

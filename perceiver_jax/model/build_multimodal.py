@@ -11,7 +11,10 @@ from __future__ import annotations
 
 from typing import Any, Callable, Mapping
 
-import ml_collections
+try:
+  import ml_collections
+except ImportError:  # the modules import without it (bare accelerator hosts); configs need it
+  ml_collections = None
 from flax import nnx
 
 from perceiver_jax.model import multimodal as mm
@@ -155,7 +158,10 @@ def build_multimodal_decoder(model_config, latent_channels: int, attention_impl,
       min_padding_size=cfg.get('min_padding_size', 2), num_heads=cfg.num_heads,
       qk_channels=cfg.qk_channels, v_channels=cfg.v_channels,
       widening_factor=cfg.widening_factor, use_query_residual=cfg.use_query_residual,
-      query_chunk_size=cfg.get('query_chunk_size'), attention_impl=attention_impl, **kw)
+      query_chunk_size=cfg.get('query_chunk_size'), attention_impl=attention_impl,
+      attention_chunk_size=model_config.get('attention_chunk_size', 0),
+      attention_auto_chunk_threshold=model_config.get('attention_auto_chunk_threshold', 0),
+      **kw)
 
 
 def build_video_decoder(cfg, num_classes: int, latent_channels: int, attn: dict,

@@ -18,6 +18,7 @@ from flax import nnx
 
 from perceiver_jax.model import position_encoding as pe
 from perceiver_jax.model.attention import CrossAttention, dense, make_attention_mask
+from perceiver_jax.sharding import constrain
 
 Dtype = Any
 
@@ -47,7 +48,7 @@ class ProjectionDecoder(nnx.Module):
     """z: [batch, num_latents, D] -> logits [batch, num_classes]."""
     # Mean in float32: a long latent axis in bf16 loses precision.
     pooled = jnp.mean(z.astype(jnp.float32), axis=1).astype(z.dtype)
-    return self.logits(pooled)
+    return self.logits(constrain(pooled, ('batch', 'act_embed')))
 
 
 class BasicDecoder(nnx.Module):
@@ -67,7 +68,8 @@ class BasicDecoder(nnx.Module):
                v_channels: int | None = None, num_heads: int = 1, widening_factor: int = 1,
                use_query_residual: bool = False, final_project: bool = True,
                output_w_init=None, attention_impl: str | None = None,
-               query_chunk_size: int | None = None,
+               query_chunk_size: int | None = None, attention_chunk_size: int = 0,
+               attention_auto_chunk_threshold: int = 0,
                dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32,
                rngs: nnx.Rngs):
     if query_chunk_size is not None and query_chunk_size < 0:
@@ -95,7 +97,9 @@ class BasicDecoder(nnx.Module):
         widening_factor=widening_factor, dropout_prob=0.0, shape_for_attn='kv',
         use_query_residual=use_query_residual, qk_channels=qk_channels,
         v_channels=v_channels, q_name='embed', kv_name='embed',
-        attention_impl=attention_impl, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        attention_impl=attention_impl, attention_chunk_size=attention_chunk_size,
+        attention_auto_chunk_threshold=attention_auto_chunk_threshold,
+        dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.output = nnx.data(None)
     if final_project:
       # hk.Linear's default init unless given one.
@@ -146,7 +150,9 @@ class BasicDecoder(nnx.Module):
 
   def _decode(self, query, z, query_mask, *, deterministic, rngs):
     mask = make_attention_mask(query_mask, None)
+    query = constrain(query, ('batch', 'length', 'act_embed'))
     out = self.cross_attend(query, z, mask, deterministic=deterministic, rngs=rngs)
+    out = constrain(out, ('batch', 'length', 'act_embed'))
     if self.output is not None:
       out = self.output(out)
     return out
@@ -185,6 +191,7 @@ class ClassificationDecoder(nnx.Module):
                num_heads: int = 1, qk_channels: int | None = None,
                v_channels: int | None = None, widening_factor: int = 1,
                use_query_residual: bool = True, attention_impl: str | None = None,
+               attention_chunk_size: int = 0, attention_auto_chunk_threshold: int = 0,
                dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32,
                rngs: nnx.Rngs):
     self.num_classes = num_classes
@@ -194,7 +201,9 @@ class ClassificationDecoder(nnx.Module):
         num_z_channels, num_classes, position_encoding=query_pe, output_index_dims=(1,),
         qk_channels=qk_channels, v_channels=v_channels, num_heads=num_heads,
         widening_factor=widening_factor, use_query_residual=use_query_residual,
-        attention_impl=attention_impl, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        attention_impl=attention_impl, attention_chunk_size=attention_chunk_size,
+        attention_auto_chunk_threshold=attention_auto_chunk_threshold,
+        dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
   def decoder_query(self, inputs: jax.Array, modality_sizes=None, inputs_without_pos=None,
                     subsampled_points=None) -> jax.Array:
@@ -224,6 +233,7 @@ class FlowDecoder(nnx.Module):
                qk_channels: int | None = None, v_channels: int | None = None,
                widening_factor: int = 1, use_query_residual: bool = False,
                attention_impl: str | None = None, query_chunk_size: int | None = None,
+               attention_chunk_size: int = 0, attention_auto_chunk_threshold: int = 0,
                dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32,
                rngs: nnx.Rngs):
     """query_chunk_size: decode this many pixels at a time (0/None = all at once); the
@@ -238,7 +248,9 @@ class FlowDecoder(nnx.Module):
         qk_channels=qk_channels, v_channels=v_channels, num_heads=num_heads,
         widening_factor=widening_factor, use_query_residual=use_query_residual,
         output_w_init=nnx.initializers.zeros_init(), attention_impl=attention_impl,
-        query_chunk_size=query_chunk_size, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        query_chunk_size=query_chunk_size, attention_chunk_size=attention_chunk_size,
+        attention_auto_chunk_threshold=attention_auto_chunk_threshold,
+        dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
   def decoder_query(self, inputs: jax.Array, modality_sizes=None, inputs_without_pos=None,
                     subsampled_points=None) -> jax.Array:

@@ -19,8 +19,18 @@ from flax import nnx
 
 from perceiver_jax.model.attention import CrossAttention, SelfAttention
 from perceiver_jax.model.position_encoding import TrainablePositionEncoding
+from perceiver_jax.sharding import constrain
 
 Dtype = Any
+
+# What a rematerialised block keeps from its forward pass; everything else is recomputed in
+# the backward pass. 'dots_saveable' keeps the projection/MLP matmul outputs and recomputes
+# the attention logits (dots with batch dimensions), the largest activations of a block.
+REMAT_POLICIES = {
+    'none': None,
+    'full': jax.checkpoint_policies.nothing_saveable,
+    'dots_saveable': jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
 
 
 class PerceiverEncoder(nnx.Module):
@@ -39,8 +49,14 @@ class PerceiverEncoder(nnx.Module):
                dropout_attn_prob: float = 0.0, latent_init_scale: float = 0.02,
                cross_attend_every_block: bool = False,
                share_cross_attend_weights: bool = True,
-               attention_impl: str | None = None, dtype: Dtype = jnp.float32,
-               param_dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
+               attention_impl: str | None = None, remat: str = 'none',
+               attention_chunk_size: int = 0, attention_auto_chunk_threshold: int = 0,
+               dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32,
+               rngs: nnx.Rngs):
+    if remat not in REMAT_POLICIES:
+      raise ValueError(f'Unknown encoder remat policy {remat!r}; valid names are '
+                       f'{", ".join(repr(r) for r in REMAT_POLICIES)}.')
+    self.remat = remat
     for heads, what in ((num_self_attend_heads, 'num_self_attend_heads'),
                         (num_cross_attend_heads, 'num_cross_attend_heads')):
       if num_latent_channels % heads:
@@ -52,7 +68,8 @@ class PerceiverEncoder(nnx.Module):
     self.cross_attend_every_block = cross_attend_every_block
     self.share_cross_attend_weights = share_cross_attend_weights
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs,
-              attention_impl=attention_impl)
+              attention_impl=attention_impl, attention_chunk_size=attention_chunk_size,
+              attention_auto_chunk_threshold=attention_auto_chunk_threshold)
 
     # The initial latent array (DeepMind: `z_pos_enc`, param `pos_embs`).
     self.z_pos_enc = TrainablePositionEncoding(
@@ -102,13 +119,29 @@ class PerceiverEncoder(nnx.Module):
     input_mask: [batch, N] booleans, True = attend. Returns [batch, num_latents, D]."""
     if z is None:
       z = self.latents(inputs.shape[0])
+    # Block boundaries keep the intended layout (batch over data/fsdp; see sharding.py).
+    latent_names = ('batch', 'latents', 'act_embed')
+    z = constrain(z, latent_names)
+    inputs = constrain(inputs, ('batch', 'length', None))
     mask = None
     if input_mask is not None:
       mask = input_mask.astype(bool)[:, None, None, :]  # -> [batch, 1, 1, N]
     for block in range(self.num_blocks):
       cross_attend = self._cross_attend_for_block(block)
       if cross_attend is not None:
-        z = cross_attend(z, inputs, mask, deterministic=deterministic, rngs=rngs)
+        z = self._call_block(cross_attend, z, inputs, mask, deterministic=deterministic,
+                             rngs=rngs)
+        z = constrain(z, latent_names)
       for self_attend in self.self_attends:
-        z = self_attend(z, deterministic=deterministic, rngs=rngs)
+        z = self._call_block(self_attend, z, deterministic=deterministic, rngs=rngs)
+        z = constrain(z, latent_names)
     return z
+
+  def _call_block(self, block: nnx.Module, *args, deterministic: bool,
+                  rngs: nnx.Rngs | None) -> jax.Array:
+    """block(*args), under the configured rematerialisation policy."""
+    if self.remat == 'none':
+      return block(*args, deterministic=deterministic, rngs=rngs)
+    def run(block, rngs, *args):
+      return block(*args, deterministic=deterministic, rngs=rngs)
+    return nnx.remat(run, policy=REMAT_POLICIES[self.remat])(block, rngs, *args)

@@ -196,6 +196,7 @@ class MultimodalDecoder(nnx.Module):
                qk_channels: int | None = None, v_channels: int | None = None,
                widening_factor: int = 1, use_query_residual: bool = False,
                query_chunk_size: int | None = None, attention_impl: str | None = None,
+               attention_chunk_size: int = 0, attention_auto_chunk_threshold: int = 0,
                dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32,
                rngs: nnx.Rngs):
     """query_chunk_size: decode this many queries at a time (see BasicDecoder)."""
@@ -214,7 +215,9 @@ class MultimodalDecoder(nnx.Module):
         num_query_channels=self.num_query_channels, qk_channels=qk_channels,
         v_channels=v_channels, num_heads=num_heads, widening_factor=widening_factor,
         use_query_residual=use_query_residual, query_chunk_size=query_chunk_size,
-        attention_impl=attention_impl, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        attention_impl=attention_impl, attention_chunk_size=attention_chunk_size,
+        attention_auto_chunk_threshold=attention_auto_chunk_threshold,
+        dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
   def _points(self, subsampled_points) -> dict:
     points = dict(subsampled_points or {})
