@@ -2,6 +2,7 @@
 
   python benchmarks/mfu.py [--batch=32] [--dtype=bfloat16] [--warmup=3] [--steps=10]
                            [--peak_tflops=X] [--attention_impl=xla|cudnn] [--tiny]
+                           [--count_only]
 
 The model is configs/pretrained/vision_perceiver_fourier.py (224x224 RGB pixels + 2-D
 Fourier features, 64 bands: 261 channels x 50176 inputs; 512 x 1024 latents; 8 blocks of 6
@@ -110,6 +111,8 @@ def main(argv=None):
   parser.add_argument('--attention_impl', default=None, choices=[None, 'xla', 'cudnn'],
                       help='attention kernel for the timed step (default: JAX chooses)')
   parser.add_argument('--tiny', action='store_true', help='tiny shapes, to check on a CPU')
+  parser.add_argument('--count_only', action='store_true',
+                      help='print parameters and FLOPs per step without running a step')
   args = parser.parse_args(argv)
   cfg = TINY if args.tiny else IMAGENET
   dtype = DTYPES[args.dtype]
@@ -121,6 +124,12 @@ def main(argv=None):
 
   counted_step, counted_state = make_train_step(build(cfg, dtype, 'xla'), tx)
   flops = xla_flops(counted_step, counted_state, x, y)
+  if args.count_only:
+    print(f'{"tiny" if args.tiny else "ImageNet"} Perceiver IO, '
+          f'{count_params(counted_state[0]):,} parameters, batch {args.batch}, compute '
+          f'{args.dtype}: model FLOPs per step {flops:.4g} (XLA cost analysis), '
+          f'{analytic_flops(cfg, args.batch):.4g} (analytic matmuls)')
+    return
   del counted_state
   step, state = make_train_step(build(cfg, dtype, args.attention_impl), tx)
   print(f'jax {jax.__version__} on {device.device_kind}; {"tiny" if args.tiny else "ImageNet"} '
