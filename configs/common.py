@@ -53,6 +53,8 @@ def get_config() -> ml_collections.ConfigDict:
       grad_accum_steps=1,       # >1: split each batch into this many micro-batches, one update
       loss_scale_init=2.0**15,  # model.dtype=float16 only: initial dynamic loss scale
       loss_scale_period=2000,   # float16 only: double the scale after this many finite steps
+      skip_nonfinite=False,     # True: a step with NaN/Inf loss or gradients changes nothing
+      max_consecutive_skips=10, # skip_nonfinite: stop after this many non-finite steps in a row
   ))
 
   config.optimizer = ml_collections.ConfigDict(dict(
@@ -69,7 +71,10 @@ def get_config() -> ml_collections.ConfigDict:
       clip_norm=1.0,            # global-norm clipping; 0 disables
   ))
 
-  config.eval = ml_collections.ConfigDict(dict(batch_size=256))
+  config.eval = ml_collections.ConfigDict(dict(
+      batch_size=256,
+      telemetry_examples=32,    # eval examples for latent telemetry (docs/telemetry.md); 0 = off
+  ))
 
   # -1: all remaining devices. Pure data parallel by default.
   config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))

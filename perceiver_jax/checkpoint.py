@@ -4,20 +4,29 @@ Layout: WORKDIR/checkpoints/<step>/{state, data}. `state` holds step, params, mo
 state, optimizer state and the RNG; `data` is grain's iterator state (one file per process;
 a run on another process count resumes from any of them, see `_foreign_data_state`).
 Evaluation restores `state` alone, with target shardings from whatever mesh it runs on.
+A damaged checkpoint is one clear error; on resume it is moved aside and the previous one
+restored (`restore_newest`, docs/fault_tolerance.md).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import re
+import time
 
 import grain
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 from perceiver_jax.errors import UserError
+
+
+class CorruptCheckpointError(UserError):
+  """A checkpoint directory that exists but cannot be read (partial, truncated, garbled)."""
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -33,6 +42,9 @@ def make_manager(workdir: str, ckpt_config=None, *,
     options = ocp.CheckpointManagerOptions(
         max_to_keep=int(ckpt_config.keep),
         enable_async_checkpointing=bool(ckpt_config.async_save),
+        # Saves go to <step>.orbax-checkpoint-tmp-* and are renamed when complete; a run
+        # killed mid-save leaves one behind, which the next run removes here.
+        cleanup_tmp_directories=True,
         create=True)
   return ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
 
@@ -127,7 +139,7 @@ def restore_weights(path: str, abstract_params, abstract_model_state):
   if jax.tree.leaves(abstract_model_state):
     target['model_state'] = abstract_model_state
   restore_args = ocp.checkpoint_utils.construct_restore_args(target)
-  with ocp.PyTreeCheckpointer() as checkpointer:
+  with ocp.PyTreeCheckpointer() as checkpointer, _damaged_is_user_error(path):
     restored = checkpointer.restore(path, args=ocp.args.PyTreeRestore(
         item=target, restore_args=restore_args, partial_restore=True))
   return restored['params'], restored.get('model_state', abstract_model_state)
@@ -154,8 +166,10 @@ def find_checkpoint(path: str) -> tuple[str, int]:
 
 
 def _saved_shapes(path: str, item: str) -> dict[str, tuple[int, ...]]:
-  with ocp.StandardCheckpointer() as checkpointer:
+  with ocp.StandardCheckpointer() as checkpointer, _damaged_is_user_error(path):
     metadata = checkpointer.metadata(path).item_metadata
+    if metadata is None:  # Orbax only logs a warning when it cannot read it
+      raise ValueError('its array metadata cannot be read')
   return _shapes(metadata[item]) if item in metadata else {}
 
 
@@ -229,6 +243,127 @@ def _merge(base, update):
   for key, value in update.items():
     merged[key] = _merge(base[key], value)
   return merged
+
+
+# ------------------------------------------------------------------------------------------
+# Damaged checkpoints: a kill mid-write, a full disk or a bad copy must cost one checkpoint
+# interval, not the run. Orbax renames a save into place only once it is complete, so these
+# are rare, but a truncated file or a missing item still happens (manual copies, failing disks).
+# ------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _damaged_is_user_error(path: str):
+  """Turns a read failure of the checkpoint at `path` into a CorruptCheckpointError."""
+  problem = damage(os.path.dirname(path), items=(os.path.basename(path),))
+  if problem:
+    raise _damaged(path, problem)
+  try:
+    yield
+  except UserError:
+    raise
+  except Exception as e:  # tensorstore/orbax raise many types for unreadable files
+    raise _damaged(path, _first_line(e)) from e
+
+
+def _damaged(path: str, problem: str) -> CorruptCheckpointError:
+  error = CorruptCheckpointError(
+      f'The checkpoint at {path} is damaged or incomplete ({problem}); use another step '
+      f'(eval.py --step, see its checkpoints/ directory) or retrain it.')
+  error.problem = problem
+  return error
+
+
+def _first_line(error: Exception) -> str:
+  text = str(error).strip().splitlines()
+  line = text[0] if text else type(error).__name__
+  return line if len(line) <= 200 else line[:197] + '...'
+
+
+def damage(step_dir: str, items=('state', 'data')) -> str | None:
+  """What is visibly wrong with the checkpoint directory `step_dir`, or None.
+
+  Cheap checks of the files Orbax needs before it reads any array: the items exist and
+  their metadata parses. A truncated array file only shows when it is read (`restore`).
+  """
+  for item in items:
+    item_dir = os.path.join(step_dir, item)
+    if not os.path.isdir(item_dir):
+      return f'its {item}/ directory is missing'
+    for name in os.listdir(item_dir):
+      if name == '_METADATA' or name.endswith('.json'):
+        try:
+          with open(os.path.join(item_dir, name)) as f:
+            json.load(f)
+        except (OSError, ValueError):
+          return f'{item}/{name} is not readable JSON'
+    if item == 'state' and not os.path.exists(os.path.join(item_dir, '_METADATA')):
+      return 'state/_METADATA is missing'
+  return None
+
+
+def _quarantine(manager: ocp.CheckpointManager, workdir: str, step: int) -> str:
+  """Moves a damaged checkpoint out of Orbax's sight (never deletes it); returns where."""
+  source = os.path.join(str(manager.directory), str(step))
+  target = os.path.join(os.path.abspath(workdir), 'checkpoints.corrupt',
+                        f'{step}-{time.strftime("%Y%m%d-%H%M%S")}')
+  if jax.process_index() == 0:
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    os.rename(source, target)
+  _sync_processes(f'quarantine_{step}')
+  manager.reload()
+  return target
+
+
+def _sync_processes(name: str) -> None:
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(name)
+
+
+def _all_processes_ok(ok: bool) -> bool:
+  """True iff `ok` on every process (a read can fail on one process only)."""
+  if jax.process_count() == 1:
+    return ok
+  from jax.experimental import multihost_utils
+  return bool(multihost_utils.process_allgather(np.int32(ok)).all())
+
+
+def restore_newest(manager: ocp.CheckpointManager, workdir: str, abstract_state,
+                   data_iterator=None) -> tuple[int, object]:
+  """(step, state) from the newest checkpoint that reads back whole; damaged ones go aside.
+
+  Each damaged newer checkpoint is logged as a warning naming its directory and the
+  problem, and moved to WORKDIR/checkpoints.corrupt/<step>-<time> (kept for inspection;
+  Orbax no longer sees it). A checkpoint of another model is not damage: that stays a
+  UserError. With no readable checkpoint left, a UserError says so.
+  """
+  items = ('state', 'data') if data_iterator is not None else ('state',)
+  moved = []
+  for step in sorted(manager.all_steps(), reverse=True):
+    step_dir = os.path.join(str(manager.directory), str(step))
+    problem = damage(step_dir, items)
+    state = None
+    if not problem:
+      try:
+        state = restore(manager, step, abstract_state, data_iterator)
+      except CorruptCheckpointError as e:
+        problem = e.problem
+      except UserError:
+        raise
+      except Exception as e:  # tensorstore/orbax raise many types for unreadable files
+        problem = _first_line(e)
+    if _all_processes_ok(not problem):
+      return step, state
+    problem = problem or 'unreadable on another process'
+    target = _quarantine(manager, workdir, step)
+    moved.append(target)
+    logging.warning('Checkpoint %s is damaged (%s); moved it to %s and trying the previous '
+                    'one.', step_dir, problem, target)
+  raise CorruptCheckpointError(
+      f'No readable checkpoint is left in {checkpoint_dir(workdir)} (damaged ones were moved to '
+      f'{", ".join(moved)}); restore a good copy into checkpoints/, or use a new --workdir to '
+      f'start over.')
 
 
 def resolve_step(manager: ocp.CheckpointManager, workdir: str, step: int | None) -> int:

@@ -10,6 +10,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from perceiver_jax.errors import UserError
+from perceiver_jax.flag_parsing import parse_or_exit  # flag errors: one sentence, exit 2
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -90,13 +91,13 @@ def _eval(argv) -> None:
 
 
 def train_main() -> None:
-  app.run(_train)
+  app.run(_train, flags_parser=parse_or_exit)
 
 
 def eval_main() -> None:
   flags.DEFINE_integer('step', None, 'Checkpoint step to evaluate (default: the latest).')
   flags.DEFINE_string('split', None, 'Split to evaluate (default: config.data.eval_split).')
-  app.run(_eval)
+  app.run(_eval, flags_parser=parse_or_exit)
 
 
 def _convert(argv) -> None:
@@ -118,4 +119,21 @@ def convert_main() -> None:
   flags.DEFINE_string('input', None, 'Released weights: HF .safetensors/.bin or DeepMind .pkl.')
   flags.DEFINE_enum('format', 'auto', ['auto', 'hf', 'haiku'],
                     'Checkpoint naming: Hugging Face, DeepMind Haiku, or detect from the keys.')
-  app.run(_convert)
+  app.run(_convert, flags_parser=parse_or_exit)
+
+
+def _report(argv) -> None:
+  _setup_logging()
+
+  def go():
+    # perceiver-report WORKDIR, or --workdir=WORKDIR like the other mains.
+    workdirs = ([FLAGS.workdir] if FLAGS.workdir else []) + list(argv[1:])
+    if len(workdirs) != 1:
+      raise UserError('perceiver-report takes one workdir: perceiver-report WORKDIR.')
+    from perceiver_jax import report
+    print(json.dumps(report.write_report(workdirs[0])))
+  _run(go)
+
+
+def report_main() -> None:
+  app.run(_report)

@@ -14,7 +14,8 @@ from perceiver_jax import state as state_lib
 from perceiver_jax import steps
 from perceiver_jax.data import pipeline
 from perceiver_jax.metrics_log import format_metrics
-from perceiver_jax.validate import validate_config
+from perceiver_jax.telemetry import Telemetry
+from perceiver_jax.validate import check_run, checked_data_spec
 
 
 def evaluate(config, workdir: str, step: int | None = None, split: str | None = None) -> dict:
@@ -23,14 +24,12 @@ def evaluate(config, workdir: str, step: int | None = None, split: str | None = 
   The mesh comes from this run's config and devices, not the training run's: Orbax
   restores each array straight into the sharding this mesh wants.
   """
-  validate_config(config)
-  mesh = shd.mesh_from_config(config)
-  validate_config(config, mesh=mesh, training=False)
+  mesh = check_run(config, workdir, training=False)  # one sentence if anything is wrong
   manager = ckpt.make_manager(workdir, read_only=True)
   step = ckpt.resolve_step(manager, workdir, step)
   split = split or config.data.eval_split
 
-  input_shape = tuple(pipeline.dataset_info(config.data).input_shape)
+  input_shape = tuple(checked_data_spec(config, splits=(split,)).input_shape)
   target, shardings, spec, _, _ = state_lib.create_train_state(
       config, input_shape, mesh, initialise=False)
   # Weights only: the optimizer state is neither needed nor (for converted models) present.
@@ -47,8 +46,10 @@ def evaluate(config, workdir: str, step: int | None = None, split: str | None = 
   to_global = lambda batch: pipeline.to_global(batch, shd.batch_sharding(mesh))
   metrics = steps.evaluate_split(eval_step, params, model_state, batches, to_global)
   manager.close()
+  telemetry = Telemetry.create(config, spec, mesh, shardings, workdir)  # None: off
+  scalars = telemetry.run(step, params, model_state, split) if telemetry else {}
 
-  result = {'step': step, 'split': split, **metrics}
+  result = {'step': step, 'split': split, **metrics, **scalars}
   if jax.process_index() == 0:
     with open(os.path.join(workdir, f'eval_{step}.json'), 'w') as f:
       json.dump(result, f, indent=2)

@@ -43,10 +43,12 @@ def make_train_step(spec: ModelSpec, tx: optax.GradientTransformation, schedule,
   (gradients and metric sums added up) before one optimizer update: the same update as
   the whole batch at once, in about 1/k of the activation memory. With a float16 model the
   loss is scaled by state.loss_scale, and a step with non-finite gradients changes nothing
-  but the scale.
+  but the scale; with train.skip_nonfinite so does any non-finite step. metrics['finite']
+  says whether the loss and gradients were finite.
   """
   label_smoothing = float(config.train.label_smoothing)
   num_micro = int(config.train.get('grad_accum_steps', 1))
+  skip_nonfinite = bool(config.train.get('skip_nonfinite', False))
 
   def micro_grads(params, model_state, batch, key, total, scale):
     """Gradient of scale * (this micro-batch's summed loss / total examples), and sums."""
@@ -96,15 +98,18 @@ def make_train_step(spec: ModelSpec, tx: optax.GradientTransformation, schedule,
         'grad_norm': optax.tree.norm(grads),
         'learning_rate': schedule(state.step),
     }
-    if loss_scale is not None:
-      # An overflowing step is skipped: the old params/optimizer state stay, the scale halves.
-      finite = precision.all_finite(grads)
+    # Read by the loop (perceiver_jax/nonfinite.py): a non-finite step stops the run or is skipped.
+    finite = precision.all_finite(grads) & jnp.isfinite(metrics['loss'])
+    metrics['finite'] = finite
+    if loss_scale is not None or skip_nonfinite:
+      # A non-finite step is skipped: the old params/optimizer state stay (float16: the scale halves).
       params, opt_state, model_state = precision.select_tree(
           finite, (params, opt_state, model_state),
           (state.params, state.opt_state, state.model_state))
+      metrics['skipped'] = (~finite).astype(jnp.float32)
+    if loss_scale is not None:
       loss_scale = loss_scale.adjust(finite)
       metrics['loss_scale'] = loss_scale.scale
-      metrics['skipped'] = (~finite).astype(jnp.float32)
     new_state = state.replace(step=state.step + 1, params=params, model_state=model_state,
                               opt_state=opt_state, loss_scale=loss_scale)
     return new_state, metrics

@@ -2,38 +2,47 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
 
 import jax
-import numpy as np
 from flax import nnx
 
 from perceiver_jax import checkpoint as ckpt
+from perceiver_jax import nonfinite, preemption, workdir_lock
 from perceiver_jax import sharding as shd
 from perceiver_jax import state as state_lib
 from perceiver_jax import steps
 from perceiver_jax.data import pipeline
 from perceiver_jax.metrics_log import MetricsLog, Progress, format_metrics
 from perceiver_jax.model.summary import format_summary, model_summary
-from perceiver_jax.validate import validate_config
+from perceiver_jax.telemetry import Telemetry
+from perceiver_jax.validate import check_run, checked_data_spec
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
   """Trains `config` in `workdir` (resuming if it holds checkpoints) and evaluates at the end.
 
-  Returns the final evaluation metrics.
+  Returns the final evaluation metrics, or {'step', 'stopped_early', ...} when the run
+  stopped before num_steps (max_steps_per_run, or SIGTERM/SIGINT: see preemption.py).
   """
+  # The workdir lock and the signal handlers are released however the run ends.
+  with contextlib.ExitStack() as cleanup:
+    return _train_and_evaluate(config, workdir, cleanup)
+
+
+def _train_and_evaluate(config, workdir: str, cleanup: contextlib.ExitStack) -> dict:
   # ----------------------------------------------------------------------------------------
   # Set-up: validate before anything expensive, then the mesh, the data and the model.
   # ----------------------------------------------------------------------------------------
-  validate_config(config)
-  mesh = shd.mesh_from_config(config)
-  validate_config(config, mesh=mesh)
+  mesh = check_run(config, workdir)  # config, mesh and workdir: one sentence if wrong
+  data_spec = checked_data_spec(config)  # dataset, splits, abstract model build
   os.makedirs(workdir, exist_ok=True)
+  # One trainer per workdir; taken before anything in it is written.
+  cleanup.enter_context(workdir_lock.acquire(workdir, process_index=jax.process_index()))
 
-  data_spec = pipeline.dataset_info(config.data)
   input_shape = tuple(data_spec.input_shape)
   num_steps = int(config.train.num_steps)
 
@@ -55,7 +64,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
       config.data, global_batch_size=int(config.train.batch_size), seed=int(config.seed),
       process_index=jax.process_index(), process_count=jax.process_count())
   if start_step:
-    state = ckpt.restore(manager, start_step, state, train_iter)
+    # The newest checkpoint that reads back whole; damaged newer ones are moved aside.
+    start_step, state = ckpt.restore_newest(manager, workdir, state, train_iter)
     ckpt.log_restored(start_step, workdir)
   elif config.get('init_from'):
     # Fine-tuning starts from pretrained weights; a resumed run ignores them (its own win).
@@ -70,7 +80,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
   eval_step = steps.make_eval_step(spec, mesh, shardings.params, shardings.model_state,
                                    rules=config.sharding.rules)
   to_global = lambda batch: pipeline.to_global(batch, shd.batch_sharding(mesh))
-  log = MetricsLog(workdir)
+  log = MetricsLog(workdir, start_step=start_step)
+  log.write_run_info(start_step, summary, dict(mesh.shape))  # read by perceiver-report
+  telemetry = Telemetry.create(config, spec, mesh, shardings, workdir, log)  # None: off
 
   def run_eval(step: int) -> dict:
     batches = pipeline.make_eval_iterator(
@@ -78,7 +90,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
         global_batch_size=shd.eval_batch_size(config.eval.batch_size, mesh),
         process_index=jax.process_index(), process_count=jax.process_count())
     metrics = steps.evaluate_split(eval_step, state.params, state.model_state, batches, to_global)
-    log.write(step, 'eval', metrics)
+    scalars = telemetry.run(step, state.params, state.model_state) if telemetry else {}
+    log.write(step, 'eval', {**metrics, **scalars})
     if jax.process_index() == 0:
       logging.info('eval at step %d: %s', step, format_metrics(metrics))
     return metrics
@@ -95,17 +108,27 @@ def train_and_evaluate(config, workdir: str) -> dict:
   stop_step = num_steps
   if int(config.train.max_steps_per_run) > 0:
     stop_step = min(num_steps, start_step + int(config.train.max_steps_per_run))
+  watch = nonfinite.NonFiniteWatch(config)
+  stop = cleanup.enter_context(preemption.StopRequest())
+  preempted = False
   while step < stop_step:
     batch = to_global(next(train_iter))
     state, metrics = train_step(state, batch)
     step += 1
     window_steps += 1
+    metrics = watch.add(step, metrics)
 
-    if step % log_every == 0 or step == num_steps:
+    log_now = step % log_every == 0 or step == num_steps
+    eval_now = bool(eval_every) and step % eval_every == 0 and step != num_steps
+    save_now = step % int(config.checkpoint.every_steps) == 0 or step == stop_step
+    preempted = stop.should_stop(at_sync_point=log_now or save_now)
+    if log_now or eval_now or save_now or preempted:
+      watch.check(manager)  # before any save: a NaN state is never written
+
+    if log_now:
       metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-      if not np.isfinite(metrics['loss']):
-        raise FloatingPointError(f'Loss is {metrics["loss"]} at step {step}; the last good '
-                                 f'checkpoint is kept in {ckpt.checkpoint_dir(workdir)}.')
+      if watch.skip:
+        metrics['skipped_steps'] = watch.skipped
       elapsed = time.perf_counter() - window_start
       metrics['examples_per_sec'] = window_steps * int(config.train.batch_size) / elapsed
       log.write(step, 'train', metrics)
@@ -114,10 +137,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
     elif progress.interactive:
       progress.update(step)
 
-    if eval_every and step % eval_every == 0 and step != num_steps:
+    if eval_now and not preempted:
       run_eval(step)
-    if step % int(config.checkpoint.every_steps) == 0 or step == stop_step:
-      ckpt.save(manager, step, state, train_iter, force=step == stop_step)
+    if save_now or preempted:
+      ckpt.save(manager, step, state, train_iter, force=step == stop_step or preempted)
+    if preempted:
+      break
   progress.close()
 
   # ----------------------------------------------------------------------------------------
@@ -126,10 +151,17 @@ def train_and_evaluate(config, workdir: str) -> dict:
   if step < num_steps:
     manager.wait_until_finished()
     manager.close()
+    log.close()
+    if preempted:
+      message = preemption.stopped_message(stop.received, step, ckpt.checkpoint_dir(workdir))
+      if jax.process_index() == 0:
+        logging.warning(message)
+      return {'step': step, 'stopped_early': True, 'preempted': stop.received}
     logging.info('Stopped at step %d of %d (train.max_steps_per_run); rerun to resume.',
                  step, num_steps)
     return {'step': step, 'stopped_early': True}
   final = run_eval(step)
   manager.wait_until_finished()
   manager.close()
+  log.close()
   return final

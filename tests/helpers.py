@@ -23,6 +23,7 @@ TINY = {
     'train.eval_every_steps': 0,
     'eval.batch_size': 200,
     'optimizer.warmup_steps': 2,
+    'eval.telemetry_examples': 0,  # tests/test_telemetry.py turns it on
 }
 
 

@@ -105,16 +105,36 @@ def _is_prepared(builder) -> bool:
   return os.path.exists(info_file) and builder.is_prepared()
 
 
-def prepare(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
+def _check_split_names(builder, splits, data_dir: str) -> None:
+  """Unknown split names fail before any data is built or read.
+
+  The names come from the prepared metadata, or (not yet prepared) from an
+  embedded builder's SPLITS; other unprepared datasets fail on preparation.
+  """
+  if _is_prepared(builder):
+    known = list(builder.info.splits.keys())
+  else:
+    known = list(getattr(EMBEDDED.get(builder.name), 'SPLITS', ()))
+  for split in splits:
+    if known and split.split('[')[0] not in known:  # slices like 'train[:90%]'
+      raise DatasetError(
+          f"Split '{split}' does not exist in dataset '{builder.name}' (data_dir "
+          f"'{data_dir}'); use one of {sorted(known)}.")
+
+
+def prepare(name: str, data_dir: str | None, splits: tuple[str, ...] = ()
+            ) -> tfds.core.DatasetBuilder:
   """Returns the builder of a prepared dataset, building embedded ones once.
 
   Args:
     name: TFDS name, optionally with config and version ('mnist1d/shuffled').
     data_dir: TFDS data directory; None means $TFDS_DATA_DIR or
       ~/tensorflow_datasets.
+    splits: split names to check exist before anything is built.
   """
   data_dir = _resolve_data_dir(data_dir)
   builder = _builder(name, data_dir)
+  _check_split_names(builder, splits, data_dir)
   if not _is_prepared(builder):
     if builder.name not in EMBEDDED:
       raise DatasetError(
@@ -170,10 +190,16 @@ def _num_examples(builder, split: str, data_dir: str | None) -> int:
   return builder.info.splits[split].num_examples
 
 
-def dataset_info(data_config) -> DatasetSpec:
-  """Shapes and sizes from the TFDS metadata (prepares embedded data once)."""
-  builder = prepare(data_config.name, data_config.data_dir)
+def dataset_info(data_config, extra_splits: tuple[str, ...] = ()) -> DatasetSpec:
+  """Shapes and sizes from the TFDS metadata (prepares embedded data once).
+
+  The train and eval splits, and `extra_splits`, must exist.
+  """
+  splits = (data_config.train_split, data_config.eval_split, *extra_splits)
+  builder = prepare(data_config.name, data_config.data_dir, splits)
   inputs_key, label_key = _keys(builder)
+  for split in extra_splits:
+    _num_examples(builder, split, data_config.data_dir)
   return DatasetSpec(
       input_shape=tuple(builder.info.features[inputs_key].shape),
       num_classes=builder.info.features[label_key].num_classes,
@@ -202,12 +228,66 @@ def _local_batch_size(global_batch_size: int, process_index: int,
   return global_batch_size // process_count
 
 
+class CheckedSource:
+  """A TFDS data source whose examples are checked against the declared features.
+
+  A malformed record (undecodable, or inputs of another shape or dtype, or a
+  non-integer label) raises a DatasetError naming the dataset, split and
+  example index, instead of failing later inside a batch or the model.
+  """
+
+  def __init__(self, source, dataset: str, split: str, inputs_key: str,
+               label_key: str, inputs_feature):
+    self._source = source
+    self._dataset, self._split = dataset, split
+    self._inputs_key, self._label_key = inputs_key, label_key
+    self._shape = tuple(inputs_feature.shape)
+    self._dtype = np.dtype(inputs_feature.np_dtype)
+
+  def __len__(self) -> int:
+    return len(self._source)
+
+  def __repr__(self) -> str:
+    return f'CheckedSource({self._source!r})'
+
+  def _fail(self, index: int, problem: str) -> DatasetError:
+    return DatasetError(
+        f"Example {index} of split '{self._split}' of dataset '{self._dataset}' "
+        f"{problem}; rebuild the dataset (embedded ones rebuild when their "
+        "directory under data_dir is deleted) or fix its builder.")
+
+  def __getitem__(self, index: int):
+    try:
+      element = self._source[index]
+    except Exception as e:  # corrupt bytes raise many types inside TFDS
+      raise self._fail(index, f"cannot be decoded ({type(e).__name__}: "
+                              f"{' '.join(str(e).split())})") from e
+    missing = {self._inputs_key, self._label_key} - set(element)
+    if missing:
+      raise self._fail(index, f'lacks the features {sorted(missing)}')
+    x = np.asarray(element[self._inputs_key])
+    shape_ok = len(x.shape) == len(self._shape) and all(
+        want is None or want == got for want, got in zip(self._shape, x.shape))
+    if not shape_ok or x.dtype != self._dtype:
+      raise self._fail(index, f"has '{self._inputs_key}' of shape {x.shape} and "
+                              f"dtype {x.dtype}, but the dataset declares shape "
+                              f"{self._shape} and dtype {self._dtype}")
+    label = np.asarray(element[self._label_key])
+    if label.ndim or label.dtype.kind not in 'iu':
+      raise self._fail(index, f"has label {label.tolist()!r} of shape "
+                              f"{label.shape} and dtype {label.dtype}, but a "
+                              "class label is an integer scalar")
+    return element
+
+
 def _examples(data_config, split: str) -> tuple[grain.MapDataset, int]:
   """Decoded, normalised examples of a split (no batch axis), and their count."""
   builder = prepare(data_config.name, data_config.data_dir)
   num = _num_examples(builder, split, data_config.data_dir)
   inputs_key, label_key = _keys(builder)
-  source = builder.as_data_source(split=split)
+  source = CheckedSource(builder.as_data_source(split=split), data_config.name,
+                         split, inputs_key, label_key,
+                         builder.info.features[inputs_key])
   normalize = getattr(data_config, 'normalize', None) or (0.0, 1.0)
   ds = (grain.MapDataset.source(source)
         .map(transforms.ToSupervised(inputs_key, label_key))

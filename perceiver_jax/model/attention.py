@@ -64,13 +64,21 @@ def make_attention_mask(query_mask: jax.Array | None, kv_mask: jax.Array | None,
   return query_mask.astype(bool)[:, None, :, None] & kv_mask.astype(bool)[:, None, None, :]
 
 
-def _attention_reference(q, k, v, mask, dropout_rate, dropout_rng):
-  """Explicit softmax(q k^T / sqrt(d)) v; used when the fused kernel cannot be."""
+def attention_weights(q: jax.Array, k: jax.Array, mask: jax.Array | None = None
+                      ) -> jax.Array:
+  """softmax(q k^T / sqrt(d)) in float32: q [batch, q_len, heads, d], k [batch, kv_len,
+  heads, d], mask broadcastable to [batch, heads, q_len, kv_len] -> [batch, heads, q_len,
+  kv_len]. Masked keys get probability 0 (a fully masked row comes out uniform)."""
   scale = 1.0 / math.sqrt(q.shape[-1])
   logits = jnp.einsum('bthd,bThd->bhtT', q, k, preferred_element_type=jnp.float32) * scale
   if mask is not None:
     logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
-  probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+  return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+
+
+def _attention_reference(q, k, v, mask, dropout_rate, dropout_rng):
+  """Explicit softmax(q k^T / sqrt(d)) v; used when the fused kernel cannot be."""
+  probs = attention_weights(q, k, mask)
   if dropout_rate > 0.0 and dropout_rng is not None:
     keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
     probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0)
@@ -210,16 +218,30 @@ class Attention(nnx.Module):
                         kernel_init=linear_init(final_init_scale_multiplier * init_scale),
                         **kw)
 
+  def _split_heads(self, x: jax.Array) -> jax.Array:
+    x = x.reshape(x.shape[:2] + (self.num_heads, x.shape[-1] // self.num_heads))
+    return constrain(x, ('batch', 'length', 'act_heads', 'head_dim'))
+
+  def attention_probs(self, inputs_q: jax.Array, inputs_kv: jax.Array,
+                      mask: jax.Array | None = None) -> jax.Array:
+    """The attention probabilities [batch, heads, q_len, kv_len] (float32, no dropout).
+
+    Always the plain softmax, whatever path __call__ takes (fused, chunked): meant for
+    telemetry on a few examples, as it materialises the whole [q_len, kv_len] matrix.
+    """
+    if mask is not None:
+      mask = mask.astype(bool)
+      mask = mask.reshape((1,) * (4 - mask.ndim) + mask.shape)
+    return attention_weights(self._split_heads(self.query(inputs_q)),
+                             self._split_heads(self.key(inputs_kv)), mask)
+
   def __call__(self, inputs_q: jax.Array, inputs_kv: jax.Array,
                mask: jax.Array | None = None, *, deterministic: bool = True,
                rngs: nnx.Rngs | None = None) -> jax.Array:
     """mask: boolean broadcastable to [batch, heads, q_len, kv_len], True = attend."""
-    def split_heads(x):
-      x = x.reshape(x.shape[:2] + (self.num_heads, x.shape[-1] // self.num_heads))
-      return constrain(x, ('batch', 'length', 'act_heads', 'head_dim'))
-    q = split_heads(self.query(inputs_q))
-    k = split_heads(self.key(inputs_kv))
-    v = split_heads(self.value(inputs_kv))
+    q = self._split_heads(self.query(inputs_q))
+    k = self._split_heads(self.key(inputs_kv))
+    v = self._split_heads(self.value(inputs_kv))
     dropout_rng = None
     if not deterministic and self.dropout_prob > 0.0:
       if rngs is None:
@@ -283,6 +305,12 @@ class CrossAttention(nnx.Module):
     # (e.g. queries are positions, outputs are pixels).
     x = inputs_q + attn if self.use_query_residual else attn
     return x + self.mlp(self.mlp_norm(x), deterministic=deterministic, rngs=rngs)
+
+  def attention_probs(self, inputs_q: jax.Array, inputs_kv: jax.Array,
+                      mask: jax.Array | None = None) -> jax.Array:
+    """This block's attention probabilities, [batch, heads, q_len, kv_len] (telemetry)."""
+    return self.attention.attention_probs(self.query_norm(inputs_q),
+                                          self.kv_norm(inputs_kv), mask)
 
 
 class SelfAttention(nnx.Module):

@@ -114,9 +114,13 @@ class PerceiverEncoder(nnx.Module):
 
   def __call__(self, inputs: jax.Array, z: jax.Array | None = None, *,
                input_mask: jax.Array | None = None, deterministic: bool = True,
-               rngs: nnx.Rngs | None = None) -> jax.Array:
+               rngs: nnx.Rngs | None = None,
+               attention_probs: list | None = None) -> jax.Array:
     """inputs: [batch, N, C]; z: initial latents (default `latents(batch)`);
-    input_mask: [batch, N] booleans, True = attend. Returns [batch, num_latents, D]."""
+    input_mask: [batch, N] booleans, True = attend. Returns [batch, num_latents, D].
+
+    attention_probs: a list to append each cross-attend's probabilities [batch, heads,
+    num_latents, N] to, in block order (telemetry.py); None computes nothing extra."""
     if z is None:
       z = self.latents(inputs.shape[0])
     # Block boundaries keep the intended layout (batch over data/fsdp; see sharding.py).
@@ -129,6 +133,8 @@ class PerceiverEncoder(nnx.Module):
     for block in range(self.num_blocks):
       cross_attend = self._cross_attend_for_block(block)
       if cross_attend is not None:
+        if attention_probs is not None:
+          attention_probs.append(cross_attend.attention_probs(z, inputs, mask))
         z = self._call_block(cross_attend, z, inputs, mask, deterministic=deterministic,
                              rngs=rngs)
         z = constrain(z, latent_names)

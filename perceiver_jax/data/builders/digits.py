@@ -52,6 +52,8 @@ class Digits(tfds.core.GeneratorBasedBuilder):
   code_path = epath.Path(__file__)
   VERSION = tfds.core.Version('1.0.0')
   RELEASE_NOTES = {'1.0.0': 'Stratified split, test_size=360, random_state=0.'}
+  # Known before preparation, so a bad split name fails before anything is built.
+  SPLITS = ('train', 'test')
 
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(

@@ -62,6 +62,8 @@ class Mnist1d(tfds.core.GeneratorBasedBuilder):
   code_path = epath.Path(__file__)
   VERSION = tfds.core.Version('1.0.0')
   RELEASE_NOTES = {'1.0.0': 'Generated with mnist1d.make_dataset, seed 42.'}
+  # Known before preparation, so a bad split name fails before anything is built.
+  SPLITS = ('train', 'test')
   BUILDER_CONFIGS = [
       tfds.core.BuilderConfig(name='plain', description='Standard MNIST-1D.'),
       tfds.core.BuilderConfig(

@@ -1,0 +1,197 @@
+"""Command-line flag parsing whose every failure is one sentence (a `UserError`).
+
+absl and ml_collections report a bad flag as a "FATAL Flags parsing error" or a traceback
+(unknown config field, a config file that does not load). `parse` runs the same parser and,
+when it fails, works out which flag is wrong and says how to fix it:
+
+  --config.train.batchsize=1   -> names the field and the closest valid ones (difflib)
+  --config.train.batch_size=ab -> names the field's type and current value
+  --config=configs/nope.py     -> lists the config files next to it
+  --config=configs/x.py:foo=1  -> the config's own message about its variant keys
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib.util
+import os
+import re
+import sys
+
+from absl import flags
+
+from perceiver_jax.errors import UserError
+
+CONFIG_FLAG = 'config'
+
+
+def _one_line(text: str) -> str:
+  return ' '.join(str(text).split())
+
+
+def _config_spec(argv: list[str]) -> str | None:
+  """The value of --config (last one wins, as in absl), or None."""
+  spec = None
+  for i, arg in enumerate(argv[1:], 1):
+    if arg.startswith(f'--{CONFIG_FLAG}='):
+      spec = arg.split('=', 1)[1]
+    elif arg == f'--{CONFIG_FLAG}' and i + 1 < len(argv):
+      spec = argv[i + 1]
+  return spec
+
+
+def _overrides(argv: list[str]) -> list[tuple[str, str]]:
+  """[(field path, the argument as typed)] for every --config.a.b[=v] argument."""
+  out = []
+  for arg in argv[1:]:
+    if arg == '--':
+      break
+    match = re.match(rf'--(?:no)?{CONFIG_FLAG}\.([\w.]+)(=.*)?$', arg)
+    if match:
+      out.append((match.group(1), arg))
+  return out
+
+
+def _config_files_near(path: str) -> str:
+  folder = os.path.dirname(path) or '.'
+  if not os.path.isdir(folder):
+    folder = 'configs'
+  try:
+    names = sorted(n for n in os.listdir(folder)
+                   if n.endswith('.py') and n not in ('__init__.py', 'common.py'))
+  except OSError:
+    names = []
+  return ', '.join(os.path.join(folder, n) for n in names) or 'configs/digits.py'
+
+
+def _load_config(spec: str):
+  """Loads --config the way ml_collections does: get_config(arg) if 'file.py:arg'."""
+  path, colon, arg = spec.partition(':')
+  if not path:
+    raise UserError('--config is empty; pass an experiment file, e.g. '
+                    '--config=configs/digits.py.')
+  if not os.path.isfile(path):
+    what = 'is a directory' if os.path.isdir(path) else 'does not exist'
+    raise UserError(f'Config file {path} {what}; pass one of: {_config_files_near(path)}.')
+  try:
+    module_spec = importlib.util.spec_from_file_location('_checked_config', path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(arg) if colon else module.get_config()
+  except UserError:
+    raise
+  except Exception as e:  # the user's config file or variant: report, don't trace
+    raise UserError(f'--{CONFIG_FLAG}={spec} could not be loaded: {type(e).__name__}: '
+                    f'{_one_line(e)}') from None
+
+
+def _field_paths(config, prefix: str = '') -> list[str]:
+  out = []
+  for key in config.keys():
+    path = f'{prefix}{key}'
+    out.append(path)
+    value = config[key]
+    if hasattr(value, 'keys') and hasattr(value, 'get_type'):  # a nested ConfigDict
+      out.extend(_field_paths(value, path + '.'))
+  return out
+
+
+def _lookup(config, path: str):
+  """(parent ConfigDict, leaf key) of a dotted path, or None if some part is missing."""
+  node = config
+  *parents, leaf = path.split('.')
+  for part in parents:
+    if not hasattr(node, 'keys') or part not in node.keys():
+      return None
+    node = node[part]
+  if not hasattr(node, 'keys') or leaf not in node.keys():
+    return None
+  return node, leaf
+
+
+def _unknown_field(path: str, arg: str, config) -> str:
+  paths = _field_paths(config)
+  leaf = path.split('.')[-1]
+  close = difflib.get_close_matches(path, paths, n=3, cutoff=0.6)
+  close += [p for p in paths if p.split('.')[-1] == leaf and p not in close]
+  if close:
+    hint = 'the closest are ' + ', '.join(f'--{CONFIG_FLAG}.{p}' for p in close[:4])
+  else:
+    hint = 'valid top-level fields are ' + ', '.join(config.keys())
+  return (f'{arg.split("=", 1)[0]} names no config field ({path!r} does not exist); {hint} '
+          '(all fields and their defaults: configs/common.py).')
+
+
+def _a(kind: str) -> str:
+  return f'an {kind}' if kind[:1] in 'aeiou' else f'a {kind}'
+
+
+def _bad_value(flag: str, value: str, reason: str, config) -> str:
+  path = flag[len(CONFIG_FLAG) + 1:]
+  found = _lookup(config, path) if config is not None else None
+  reason = _one_line(reason).strip('()')
+  if found is None:
+    return f'--{flag}={value} is not a valid value ({reason}); see --helpfull for its type.'
+  parent, leaf = found
+  kind = getattr(parent.get_type(leaf), '__name__', 'value')
+  return (f'--{flag}={value} is not a valid {kind} ({reason}); config.{path} takes '
+          f'{_a(kind)}, now {parent[leaf]!r}.')
+
+
+def explain(argv: list[str], error: Exception,
+            flag_values: flags.FlagValues = flags.FLAGS) -> str:
+  """One sentence naming the flag behind `error` (raised by parsing `argv`) and the fix."""
+  try:  # --flagfile=... holds flags too
+    argv = flag_values.read_flags_from_files(argv, force_gnu=False)
+  except Exception:  # a missing flag file: the error itself says so
+    pass
+  spec = _config_spec(argv)
+  config = None
+  if spec is not None:
+    config = _load_config(spec)  # raises its own sentence for a missing or broken file
+    for path, arg in _overrides(argv):
+      if _lookup(config, path) is None:
+        return _unknown_field(path, arg, config)
+  message = _one_line(error)
+  match = re.match(r'flag --([\w.]+)=(.*?): (.*)$', message)
+  if match and match.group(1).startswith(CONFIG_FLAG + '.'):
+    return _bad_value(*match.groups(), config)
+  if match:
+    return f'--{match.group(1)}={match.group(2)} is invalid: {match.group(3)} (see --helpshort).'
+  match = re.match(rf'Found (--\S+?)(=\S*)? in argv before a value for --{CONFIG_FLAG}', message)
+  if match:
+    return (f'{match.group(1)} comes before (or without) --{CONFIG_FLAG}; pass '
+            f'--{CONFIG_FLAG}=FILE first, then the fields it overrides.')
+  match = re.match(r"Unknown command line flag '([\w.-]+)'", message)
+  if match:
+    name = match.group(1)
+    known = [n for n in flag_values if '.' not in n]
+    close = difflib.get_close_matches(name, known, n=2)
+    hint = (f'did you mean --{close[0]}' if close else 'see --helpshort for the flags')
+    return f'--{name} is not a flag of this program; {hint}.'
+  if isinstance(error, flags.Error):
+    return f'{message.rstrip(".")} (see --helpshort).'
+  return f'The command-line flags could not be parsed: {type(error).__name__}: {message}'
+
+
+def parse(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) -> list[str]:
+  """`flag_values(argv)`, every failure raised as a one-sentence `UserError`."""
+  try:
+    args = flag_values(argv)
+    config = flag_values[CONFIG_FLAG].value if CONFIG_FLAG in flag_values else None
+    if config is not None:
+      config.keys()  # a file that failed to load raises here (ml_collections defers it)
+    return args
+  except UserError:
+    raise
+  except Exception as e:  # absl, ml_collections and config files raise many types
+    raise UserError(explain(argv, e, flag_values)) from None
+
+
+def parse_or_exit(argv: list[str]) -> list[str]:
+  """absl `app.run(..., flags_parser=parse_or_exit)`: prints 'error: ...' and exits 2."""
+  try:
+    return parse(argv)
+  except UserError as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
