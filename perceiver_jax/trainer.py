@@ -50,6 +50,8 @@ def _train_and_evaluate(config, workdir: str, cleanup: contextlib.ExitStack) -> 
   # State: born sharded, or restored (with the data position) from the newest checkpoint.
   # ----------------------------------------------------------------------------------------
   manager = ckpt.make_manager(workdir, config.checkpoint)
+  # If the run fails (bad data, NaN), an asynchronous save already under way still lands.
+  cleanup.callback(manager.wait_until_finished)
   start_step = manager.latest_step() or 0
   state, shardings, spec, tx, schedule = state_lib.create_train_state(
       config, input_shape, mesh, initialise=not start_step)
