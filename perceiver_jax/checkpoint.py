@@ -81,13 +81,46 @@ def check_compatible(manager: ocp.CheckpointManager, step: int, abstract_params)
                       f'{fix}.')
 
 
+def check_training_state(manager: ocp.CheckpointManager, step: int, abstract_state) -> None:
+  """Raises a UserError if the saved optimizer / loss-scale state does not fit this config.
+
+  Parameters are checked by `check_compatible`. This catches a resume with another
+  optimizer or precision (e.g. adamw -> lamb, float32 -> float16 adds a loss scale), which
+  Orbax would report as a tree mismatch: that is a config change, not a damaged checkpoint.
+  """
+  path = state_path(manager, step)
+  with ocp.StandardCheckpointer() as checkpointer:
+    saved = _shapes(checkpointer.metadata(path).item_metadata)
+  want = _shapes(abstract_state)
+  mismatched = sorted(want.keys() ^ saved.keys()) + sorted(
+      n for n in want.keys() & saved.keys() if want[n] != saved[n])
+  mismatched = [n for n in mismatched if not n.startswith('params/')]  # check_compatible's job
+  if not mismatched:
+    return
+  name = mismatched[0]
+  if name not in saved:
+    what = f'has no training-state entry {name!r} that this config needs'
+  elif name not in want:
+    what = f'has training-state entry {name!r} that this config lacks'
+  else:
+    what = f'has training-state entry {name!r} of shape {saved[name]}, not {want[name]}'
+  raise UserError(
+      f'The checkpoint at step {step} in {manager.directory} {what}: it was written with '
+      'another optimizer or precision (optimizer.*, model.dtype); resume with the config it '
+      'was trained with, or start a new run from its weights with '
+      '--config.init_from=WORKDIR and a new --workdir.')
+
+
 def restore(manager: ocp.CheckpointManager, step: int, abstract_state, data_iterator=None):
   """Restores into `abstract_state` (ShapeDtypeStructs with the target shardings).
 
-  Parameters are checked against the checkpoint first, so a checkpoint of another model
-  is one clear error. The data iterator, if given, is moved to its saved position in place.
+  Parameters, then the optimizer and loss-scale state, are checked against the checkpoint
+  first, so a checkpoint of another model or optimizer is one clear error (and never
+  taken for a damaged one). The data iterator, if given, is moved to its saved position
+  in place.
   """
   check_compatible(manager, step, abstract_state.params)
+  check_training_state(manager, step, abstract_state)
   items = {'state': ocp.args.StandardRestore(abstract_state)}
   foreign = _foreign_data_state(manager, step) if data_iterator is not None else None
   if data_iterator is not None and foreign is None:

@@ -331,6 +331,29 @@ def test_no_readable_checkpoint_left_is_one_sentence(copy_of_reference, data_dir
   assert len(os.listdir(os.path.join(workdir, 'checkpoints.corrupt'))) == 3
 
 
+@pytest.mark.parametrize('change, entry', [
+    ({'optimizer.name': 'lamb'}, "training-state entry 'opt_state/"),
+    ({'model.dtype': 'float16'}, "no training-state entry 'loss_scale/"),
+    ({'model.encoder.num_latents': 4}, "Parameter 'encoder/z_pos_enc/pos_embs' has shape (8, 32)"),
+])
+def test_resuming_with_another_optimizer_precision_or_model_is_one_sentence(
+    change, entry, copy_of_reference, data_dir):
+  # A config change is not damage: nothing may be set aside, and the error says what to do.
+  workdir = copy_of_reference
+  config = tiny_mnist1d_config(**{**RUN, **change, 'data.data_dir': data_dir})
+  abstract, *_ = state_lib.create_train_state(config, (40, 1), shd.mesh_from_config(config),
+                                              initialise=False)
+  manager = ckpt.make_manager(workdir, config.checkpoint)
+  with pytest.raises(UserError) as error:
+    ckpt.restore_newest(manager, workdir, abstract)
+  manager.close()
+  message = str(error.value)
+  assert entry in message and '\n' not in message, message
+  assert 'with the config it was trained with' in message
+  assert complete_steps(workdir) == [12, 14, 16]
+  assert not os.path.exists(os.path.join(workdir, 'checkpoints.corrupt'))
+
+
 @pytest.mark.parametrize('kind', ['truncated array files', 'missing state/', 'garbage metadata'])
 def test_eval_of_a_damaged_checkpoint_is_one_sentence(kind, copy_of_reference, data_dir):
   from perceiver_jax import evaluator
