@@ -335,6 +335,18 @@ def damage(step_dir: str, items=('state', 'data')) -> str | None:
   return None
 
 
+def _unreadable_arrays(item_dir: str) -> str | None:
+  """Why the arrays of a `state` item cannot be read into host memory, or None if they can."""
+  try:
+    with ocp.PyTreeCheckpointer() as checkpointer:
+      metadata = checkpointer.metadata(item_dir).item_metadata
+      as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), metadata)
+      checkpointer.restore(item_dir, args=ocp.args.PyTreeRestore(restore_args=as_numpy))
+  except Exception as e:  # pylint: disable=broad-except
+    return _first_line(e)
+  return None
+
+
 def _quarantine(manager: ocp.CheckpointManager, workdir: str, step: int) -> str:
   """Moves a damaged checkpoint out of Orbax's sight (never deletes it); returns where."""
   source = os.path.join(str(manager.directory), str(step))
@@ -385,7 +397,13 @@ def restore_newest(manager: ocp.CheckpointManager, workdir: str, abstract_state,
       except UserError:
         raise
       except Exception as e:  # tensorstore/orbax raise many types for unreadable files
-        problem = _first_line(e)
+        # Only the files' fault counts as damage: a failure that also happens when the
+        # arrays read fine on the host (out of memory, a device problem) is re-raised, so
+        # a good checkpoint is never set aside for it.
+        problem = _unreadable_arrays(os.path.join(step_dir, 'state'))
+        if problem is None:
+          raise
+        problem = problem or _first_line(e)
     if _all_processes_ok(not problem):
       return step, state
     problem = problem or 'unreadable on another process'

@@ -331,6 +331,24 @@ def test_no_readable_checkpoint_left_is_one_sentence(copy_of_reference, data_dir
   assert len(os.listdir(os.path.join(workdir, 'checkpoints.corrupt'))) == 3
 
 
+def test_a_restore_failure_that_is_not_the_files_fault_moves_nothing(
+    copy_of_reference, data_dir, monkeypatch):
+  # Out of device memory while restoring, say: the files read fine on the host, so the
+  # error propagates and the good checkpoint stays where it is.
+  workdir = copy_of_reference
+  _, abstract, iterator = _resume_target(data_dir)
+
+  def out_of_memory(*args, **kwargs):
+    raise RuntimeError('RESOURCE_EXHAUSTED: Out of memory while trying to allocate 1.2TiB')
+  monkeypatch.setattr(ckpt.ocp.CheckpointManager, 'restore', out_of_memory)
+  manager = ckpt.make_manager(workdir, tiny_mnist1d_config(**RUN).checkpoint)
+  with pytest.raises(RuntimeError, match='RESOURCE_EXHAUSTED'):
+    ckpt.restore_newest(manager, workdir, abstract, iterator)
+  manager.close()
+  assert complete_steps(workdir) == [12, 14, 16]
+  assert not os.path.exists(os.path.join(workdir, 'checkpoints.corrupt'))
+
+
 @pytest.mark.parametrize('change, entry', [
     ({'optimizer.name': 'lamb'}, "training-state entry 'opt_state/"),
     ({'model.dtype': 'float16'}, "no training-state entry 'loss_scale/"),
