@@ -58,3 +58,11 @@ def run_main(script: str, args: list[str], *, devices: int = 8, check: bool = Tr
   if check and proc.returncode != 0:
     raise AssertionError(f'{script} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr[-6000:]}')
   return proc
+
+
+def prepared_data_dir(tmp_path_factory, name: str = 'mnist1d/plain') -> str:
+  """A fresh TFDS data dir (for a module-scoped fixture) with embedded dataset `name` built."""
+  from perceiver_jax.data import pipeline
+  path = str(tmp_path_factory.mktemp('tfds'))
+  pipeline.prepare(name, path)
+  return path

@@ -20,16 +20,14 @@ from perceiver_jax import trainer
 from perceiver_jax.data import pipeline
 from perceiver_jax.errors import UserError
 from perceiver_jax.validate import check_run, checked_data_spec
-from tests.helpers import TINY, flags_for, run_main, tiny_mnist1d_config
+from tests.helpers import TINY, flags_for, prepared_data_dir, run_main, tiny_mnist1d_config
 
 CONFIG = '--config=configs/mnist1d.py'
 
 
 @pytest.fixture(scope='module')
 def data_dir(tmp_path_factory):
-  path = str(tmp_path_factory.mktemp('tfds'))
-  pipeline.prepare('mnist1d/plain', path)
-  return path
+  return prepared_data_dir(tmp_path_factory)
 
 
 def _cli_checks(argv, monkeypatch):

@@ -26,7 +26,7 @@ from perceiver_jax import sharding as shd
 from perceiver_jax import state as state_lib
 from perceiver_jax.data import pipeline
 from perceiver_jax.errors import UserError
-from tests.helpers import ROOT, TINY, flags_for, run_main, tiny_mnist1d_config
+from tests.helpers import ROOT, TINY, flags_for, prepared_data_dir, run_main, tiny_mnist1d_config
 
 NUM_STEPS = 16
 # Checkpoint every 2 steps, asynchronously, keeping 3: kills land mid-save and mid-delete.
@@ -37,9 +37,7 @@ TMP_MARK = '.orbax-checkpoint-tmp'
 
 @pytest.fixture(scope='module')
 def data_dir(tmp_path_factory):
-  path = str(tmp_path_factory.mktemp('tfds'))
-  pipeline.prepare('mnist1d/plain', path)
-  return path
+  return prepared_data_dir(tmp_path_factory)
 
 
 @pytest.fixture(scope='module')

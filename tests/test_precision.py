@@ -23,6 +23,7 @@ from perceiver_jax.data import pipeline
 from perceiver_jax.errors import UserError
 from perceiver_jax.model.build import build_model
 from perceiver_jax.validate import validate_config
+from tests.helpers import prepared_data_dir
 
 NUM_STEPS = 200  # convergence runs
 SMALL = {
@@ -70,9 +71,7 @@ def host(tree):
 
 @pytest.fixture(scope='module')
 def data_dir(tmp_path_factory):
-  path = str(tmp_path_factory.mktemp('tfds'))
-  pipeline.prepare('digits', path)
-  return path
+  return prepared_data_dir(tmp_path_factory, 'digits')
 
 
 @pytest.fixture(scope='module')

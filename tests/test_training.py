@@ -14,14 +14,12 @@ from perceiver_jax import state as state_lib
 from perceiver_jax import steps
 from perceiver_jax.data import pipeline
 from perceiver_jax.metrics_log import read
-from tests.helpers import TINY, flags_for, run_main, tiny_mnist1d_config
+from tests.helpers import TINY, flags_for, prepared_data_dir, run_main, tiny_mnist1d_config
 
 
 @pytest.fixture(scope='module')
 def data_dir(tmp_path_factory):
-  path = str(tmp_path_factory.mktemp('tfds'))
-  pipeline.prepare('mnist1d/plain', path)
-  return path
+  return prepared_data_dir(tmp_path_factory)
 
 
 def _losses(config, mesh, num_steps=5):
