@@ -10,20 +10,27 @@ from perceiver_jax.model.build import default_model_config
 
 
 def parse_arg(arg: str | None, **defaults):
-  """Parses 'a=1,b=x' variant strings (configs/x.py:a=1,b=x), typed by the defaults."""
+  """Parses 'a=1,b=x' variant strings (configs/x.py:a=1,b=x), typed by the defaults.
+
+  A bare key of a bool default sets it: 'runlocal' is 'runlocal=true'.
+  """
   values = dict(defaults)
   for item in filter(None, (arg or '').split(',')):
-    key, _, value = item.partition('=')
+    key, equals, value = item.partition('=')
     if key not in defaults:
       raise ValueError(f'Unknown config variant key {key!r}; valid keys: {sorted(defaults)}.')
     kind = type(defaults[key])
-    values[key] = (value.lower() in ('1', 'true', 'yes')) if kind is bool else kind(value)
+    if kind is bool:
+      values[key] = not equals or value.lower() in ('1', 'true', 'yes')
+    else:
+      values[key] = kind(value)
   return ml_collections.ConfigDict(values)
 
 
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0
+  config.task = 'classification'  # what the data, loss and metrics are: perceiver_jax/tasks
   # Fine-tuning: start a new run from the weights of a checkpoint (a train.py or
   # perceiver-convert workdir). Parameters whose '/'-joined path fully matches the
   # regex init_exclude (e.g. 'decoder/.*') keep their fresh initialisation.

@@ -12,6 +12,7 @@ from perceiver_jax import checkpoint as ckpt
 from perceiver_jax import sharding as shd
 from perceiver_jax import state as state_lib
 from perceiver_jax import steps
+from perceiver_jax import tasks
 from perceiver_jax.data import pipeline
 from perceiver_jax.metrics_log import format_metrics
 from perceiver_jax.telemetry import Telemetry
@@ -28,6 +29,7 @@ def evaluate(config, workdir: str, step: int | None = None, split: str | None = 
   manager = ckpt.make_manager(workdir, read_only=True)
   step = ckpt.resolve_step(manager, workdir, step)
   split = split or config.data.eval_split
+  task = tasks.get_task(config)
 
   input_shape = tuple(checked_data_spec(config, splits=(split,)).input_shape)
   target, shardings, spec, _, _ = state_lib.create_train_state(
@@ -39,12 +41,12 @@ def evaluate(config, workdir: str, step: int | None = None, split: str | None = 
   ckpt.log_restored(step, workdir)
 
   eval_step = steps.make_eval_step(spec, mesh, shardings.params, shardings.model_state,
-                                   rules=config.sharding.rules)
+                                   rules=config.sharding.rules, task=task)
   batches = pipeline.make_eval_iterator(
       config.data, split, global_batch_size=shd.eval_batch_size(config.eval.batch_size, mesh),
-      process_index=jax.process_index(), process_count=jax.process_count())
+      process_index=jax.process_index(), process_count=jax.process_count(), task=task)
   to_global = lambda batch: pipeline.to_global(batch, shd.batch_sharding(mesh))
-  metrics = steps.evaluate_split(eval_step, params, model_state, batches, to_global)
+  metrics = steps.evaluate_split(eval_step, params, model_state, batches, to_global, task)
   manager.close()
   telemetry = Telemetry.create(config, spec, mesh, shardings, workdir)  # None: off
   scalars = telemetry.run(step, params, model_state, split) if telemetry else {}

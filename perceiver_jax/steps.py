@@ -16,12 +16,14 @@ from perceiver_jax import tasks
 from perceiver_jax.state import ModelSpec, TrainState
 
 
-def _apply(spec: ModelSpec, params, model_state, inputs, *, train: bool, key=None):
+def _apply(spec: ModelSpec, params, model_state, batch, task: tasks.Task, *, train: bool,
+           key=None):
+  """The model on `batch` as the task feeds it -> (outputs, new model state)."""
   model = nnx.merge(spec.graphdef, params, model_state)
   rngs = nnx.Rngs(dropout=key) if key is not None else None
-  logits = model(inputs, deterministic=not train, rngs=rngs)
+  outputs = model(**task.model_inputs(batch), deterministic=not train, rngs=rngs)
   _, _, new_model_state = nnx.split(model, nnx.Param, ...)
-  return logits, nnx.to_pure_dict(new_model_state)
+  return outputs, nnx.to_pure_dict(new_model_state)
 
 
 def split_micro_batches(x: jax.Array, num_micro: int, mesh: Mesh) -> jax.Array:
@@ -36,8 +38,11 @@ def split_micro_batches(x: jax.Array, num_micro: int, mesh: Mesh) -> jax.Array:
 
 
 def make_train_step(spec: ModelSpec, tx: optax.GradientTransformation, schedule, config,
-                    mesh: Mesh, state_shardings: TrainState):
+                    mesh: Mesh, state_shardings: TrainState, task: tasks.Task | None = None):
   """Returns train_step(state, batch) -> (state, metrics), jitted with donated state.
+
+  The loss and metrics are `task`'s (default: the task of config.task); the loss is the
+  task's summed loss of the batch over task.normaliser(batch), i.e. a mean.
 
   With train.grad_accum_steps = k the batch is processed as k micro-batches in a scan
   (gradients and metric sums added up) before one optimizer update: the same update as
@@ -46,24 +51,24 @@ def make_train_step(spec: ModelSpec, tx: optax.GradientTransformation, schedule,
   but the scale; with train.skip_nonfinite so does any non-finite step. metrics['finite']
   says whether the loss and gradients were finite.
   """
-  label_smoothing = float(config.train.label_smoothing)
+  task = task or tasks.get_task(config)
   num_micro = int(config.train.get('grad_accum_steps', 1))
   skip_nonfinite = bool(config.train.get('skip_nonfinite', False))
 
   def micro_grads(params, model_state, batch, key, total, scale):
-    """Gradient of scale * (this micro-batch's summed loss / total examples), and sums."""
+    """Gradient of scale * (this micro-batch's summed loss / the whole batch's
+    normaliser), and sums."""
     def loss_fn(params):
-      logits, new_model_state = _apply(spec, params, model_state, batch['inputs'],
-                                       train=True, key=key)
-      _, sums = tasks.classification_loss(logits, batch['label'],
-                                          label_smoothing=label_smoothing)
+      outputs, new_model_state = _apply(spec, params, model_state, batch, task, train=True,
+                                        key=key)
+      sums = task.loss_sums(outputs, batch, train=True)
       objective = sums['loss'] / total
       return (objective if scale is None else objective * scale), (sums, new_model_state)
     (_, (sums, new_model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
     return grads, sums, new_model_state
 
   def accumulated_grads(state: TrainState, batch, key, scale):
-    total = batch['label'].shape[0]
+    total = task.normaliser(batch)  # of the whole batch, before any micro-batch split
     if num_micro == 1:
       return micro_grads(state.params, state.model_state, batch, key, total, scale)
     micro = jax.tree.map(lambda x: split_micro_batches(x, num_micro, mesh), batch)
@@ -93,8 +98,7 @@ def make_train_step(spec: ModelSpec, tx: optax.GradientTransformation, schedule,
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {
-        'loss': sums['loss'] / sums['count'],
-        'accuracy': sums['correct'] / sums['count'],
+        **task.train_metrics(sums),
         'grad_norm': optax.tree.norm(grads),
         'learning_rate': schedule(state.step),
     }
@@ -124,15 +128,17 @@ def make_train_step(spec: ModelSpec, tx: optax.GradientTransformation, schedule,
 
 
 def make_eval_step(spec: ModelSpec, mesh: Mesh, params_shardings, model_state_shardings,
-                   rules=None):
+                   rules=None, task: tasks.Task | None = None):
   """Returns eval_step(params, model_state, batch) -> summed metrics (exact over padding).
 
   rules: config.sharding.rules, to constrain activations as in training (None: no constraints).
+  task: whose loss and metrics (default: classification).
   """
+  task = task or tasks.default_task()
+
   def eval_step(params, model_state, batch):
-    logits, _ = _apply(spec, params, model_state, batch['inputs'], train=False)
-    _, sums = tasks.classification_loss(logits, batch['label'], batch['mask'])
-    return sums
+    outputs, _ = _apply(spec, params, model_state, batch, task, train=False)
+    return task.loss_sums(outputs, batch, train=False)
 
   eval_step = shd.with_logical_sharding(eval_step, mesh, rules)
   return jax.jit(eval_step,
@@ -140,12 +146,14 @@ def make_eval_step(spec: ModelSpec, mesh: Mesh, params_shardings, model_state_sh
                  out_shardings=shd.replicated(mesh))
 
 
-def evaluate_split(eval_step, params, model_state, batches, to_global) -> dict[str, float]:
-  """Runs eval_step over an iterable of host batches and returns loss/accuracy."""
+def evaluate_split(eval_step, params, model_state, batches, to_global,
+                   task: tasks.Task | None = None) -> dict[str, float]:
+  """Runs eval_step over an iterable of host batches and returns the task's metrics
+  (default: classification's loss/accuracy) from the summed totals."""
   totals = None
   for batch in batches:
     sums = eval_step(params, model_state, to_global(batch))
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
   if totals is None:
     raise ValueError('The evaluation split yielded no batches.')
-  return tasks.summarize(jax.device_get(totals))
+  return (task or tasks.default_task()).summarize(jax.device_get(totals))

@@ -39,6 +39,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from perceiver_jax import sharding as shd
+from perceiver_jax import tasks
 from perceiver_jax.data import pipeline
 from perceiver_jax.errors import UserError
 from perceiver_jax.model.decoders import BasicDecoder, ClassificationDecoder
@@ -213,7 +214,8 @@ class Telemetry:
     split = split or self.config.data.eval_split
     batch = next(iter(pipeline.make_eval_iterator(
         self.config.data, split, global_batch_size=self.batch_size,
-        process_index=jax.process_index(), process_count=jax.process_count())))
+        process_index=jax.process_index(), process_count=jax.process_count(),
+        task=tasks.get_task(self.config))))
     batch = pipeline.to_global(batch, shd.batch_sharding(self.mesh))
     out = jax.device_get(self.step_fn(params, model_state, batch))
     scalars = {}

@@ -15,6 +15,7 @@ from perceiver_jax import nonfinite, preemption, workdir_lock
 from perceiver_jax import sharding as shd
 from perceiver_jax import state as state_lib
 from perceiver_jax import steps
+from perceiver_jax import tasks
 from perceiver_jax.data import pipeline
 from perceiver_jax.metrics_log import MetricsLog, Progress, format_metrics
 from perceiver_jax.model.summary import format_summary, model_summary
@@ -38,6 +39,7 @@ def _train_and_evaluate(config, workdir: str, cleanup: contextlib.ExitStack) -> 
   # Set-up: validate before anything expensive, then the mesh, the data and the model.
   # ----------------------------------------------------------------------------------------
   mesh = check_run(config, workdir)  # config, mesh and workdir: one sentence if wrong
+  task = tasks.get_task(config)  # what the data, loss and metrics are
   data_spec = checked_data_spec(config)  # dataset, splits, abstract model build
   os.makedirs(workdir, exist_ok=True)
   # One trainer per workdir; taken before anything in it is written.
@@ -57,14 +59,14 @@ def _train_and_evaluate(config, workdir: str, cleanup: contextlib.ExitStack) -> 
       config, input_shape, mesh, initialise=not start_step)
   # Summarised on an abstract model: nothing is computed, and every process agrees.
   summary = model_summary(nnx.eval_shape(lambda: state_lib.build(config, input_shape)),
-                          input_shape)
+                          input_shape, task.input_dtype)
   if jax.process_index() == 0:
     logging.info('Model: %s', format_summary(summary).replace('\n', '; '))
     logging.info('Mesh %s; %s', dict(mesh.shape), shd.describe(shardings, state))
 
   train_iter = pipeline.make_train_iterator(
       config.data, global_batch_size=int(config.train.batch_size), seed=int(config.seed),
-      process_index=jax.process_index(), process_count=jax.process_count())
+      process_index=jax.process_index(), process_count=jax.process_count(), task=task)
   if start_step:
     # The newest checkpoint that reads back whole; damaged newer ones are moved aside.
     start_step, state = ckpt.restore_newest(manager, workdir, state, train_iter)
@@ -78,9 +80,9 @@ def _train_and_evaluate(config, workdir: str, cleanup: contextlib.ExitStack) -> 
     with open(os.path.join(workdir, 'config.json'), 'w') as f:
       f.write(config.to_json_best_effort(indent=2))
 
-  train_step = steps.make_train_step(spec, tx, schedule, config, mesh, shardings)
+  train_step = steps.make_train_step(spec, tx, schedule, config, mesh, shardings, task)
   eval_step = steps.make_eval_step(spec, mesh, shardings.params, shardings.model_state,
-                                   rules=config.sharding.rules)
+                                   rules=config.sharding.rules, task=task)
   to_global = lambda batch: pipeline.to_global(batch, shd.batch_sharding(mesh))
   log = MetricsLog(workdir, start_step=start_step)
   log.write_run_info(start_step, summary, dict(mesh.shape))  # read by perceiver-report
@@ -90,8 +92,9 @@ def _train_and_evaluate(config, workdir: str, cleanup: contextlib.ExitStack) -> 
     batches = pipeline.make_eval_iterator(
         config.data, config.data.eval_split,
         global_batch_size=shd.eval_batch_size(config.eval.batch_size, mesh),
-        process_index=jax.process_index(), process_count=jax.process_count())
-    metrics = steps.evaluate_split(eval_step, state.params, state.model_state, batches, to_global)
+        process_index=jax.process_index(), process_count=jax.process_count(), task=task)
+    metrics = steps.evaluate_split(eval_step, state.params, state.model_state, batches, to_global,
+                                   task)
     scalars = telemetry.run(step, state.params, state.model_state) if telemetry else {}
     log.write(step, 'eval', {**metrics, **scalars})
     if jax.process_index() == 0:

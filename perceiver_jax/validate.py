@@ -236,8 +236,17 @@ def _check_precision(config, training: bool) -> None:
     _positive(config.train.loss_scale_period, 'train.loss_scale_period')
 
 
+def _check_task(config) -> None:
+  """config.task names a registered task; then the task checks its own fields."""
+  from perceiver_jax import tasks  # pylint: disable=g-import-not-at-top
+  if 'task' in config:
+    _choice(config, 'task', tuple(tasks.TASKS))
+  tasks.get_task(config).check_config(config)
+
+
 def validate_config(config, *, mesh=None, training: bool = True) -> None:
   """Checks the config alone, or (with `mesh`) against the devices it will run on."""
+  _check_task(config)
   _check_data(config)
   _positive(config.train.batch_size, 'train.batch_size')
   _positive(config.eval.batch_size, 'eval.batch_size')
@@ -318,7 +327,8 @@ def checked_data_spec(config, splits: tuple[str, ...] = ()):
   from flax import nnx  # pylint: disable=g-import-not-at-top
   from perceiver_jax import state as state_lib  # pylint: disable=g-import-not-at-top
   from perceiver_jax.data import pipeline  # pylint: disable=g-import-not-at-top
-  spec = pipeline.dataset_info(config.data, extra_splits=splits)
+  from perceiver_jax import tasks  # pylint: disable=g-import-not-at-top
+  spec = pipeline.dataset_info(config.data, extra_splits=splits, task=tasks.get_task(config))
   input_shape = tuple(spec.input_shape)
   try:
     nnx.eval_shape(lambda: state_lib.build(config, input_shape))

@@ -12,9 +12,12 @@ without changing what it trains on. The iterator state is the number of
 local batches read, which equals the global step on every process, so a
 checkpointed position also restores under a different process count.
 
-Batches are dicts of numpy arrays: `inputs` float32 [L, *input_shape],
-`label` int32 [L] (and `mask` float32 [L] for eval). `to_global` turns them
-into `jax.Array`s sharded over the mesh.
+What an example holds is the task's business (perceiver_jax/tasks): which
+stored features are read and checked, and the transforms that make them
+`inputs` plus targets. Classification (the default) gives `inputs` float32
+[L, *input_shape] and `label` int32 [L]; eval batches add `mask` float32 [L]
+(1 real, 0 padding). `to_global` turns batches into `jax.Array`s sharded over
+the mesh.
 """
 
 from __future__ import annotations
@@ -36,6 +39,10 @@ import tensorflow_datasets as tfds
 from perceiver_jax.data import transforms
 from perceiver_jax.errors import UserError
 from perceiver_jax.data.builders import EMBEDDED
+
+# Eval examples' random transforms draw from this fixed seed (not the run's), so eval
+# scores of different runs are computed on the same examples.
+EVAL_SEED = 1
 
 
 class DatasetError(UserError):
@@ -169,17 +176,6 @@ def prepare(name: str, data_dir: str | None, splits: tuple[str, ...] = ()
   return builder
 
 
-def _keys(builder) -> tuple[str, str]:
-  keys = builder.info.supervised_keys
-  if not (isinstance(keys, tuple) and len(keys) == 2
-          and all(isinstance(k, str) for k in keys)):
-    raise DatasetError(
-        f"Dataset '{builder.name}' has no (inputs, label) supervised_keys, so "
-        "this classification pipeline cannot read it; add a task-specific "
-        "pipeline for it.")
-  return keys
-
-
 def _num_examples(builder, split: str, data_dir: str | None) -> int:
   base = split.split('[')[0]  # TFDS slicing like 'train[:90%]' is allowed
   if base not in builder.info.splits:
@@ -190,19 +186,29 @@ def _num_examples(builder, split: str, data_dir: str | None) -> int:
   return builder.info.splits[split].num_examples
 
 
-def dataset_info(data_config, extra_splits: tuple[str, ...] = ()) -> DatasetSpec:
+def _task_or_default(task):
+  if task is not None:
+    return task
+  from perceiver_jax import tasks  # pylint: disable=g-import-not-at-top  (tasks import data)
+  return tasks.default_task()
+
+
+def dataset_info(data_config, extra_splits: tuple[str, ...] = (),
+                 task=None) -> DatasetSpec:
   """Shapes and sizes from the TFDS metadata (prepares embedded data once).
 
-  The train and eval splits, and `extra_splits`, must exist.
+  The train and eval splits, and `extra_splits`, must exist. `task` (default
+  classification) says which features make the inputs and the classes.
   """
+  task = _task_or_default(task)
   splits = (data_config.train_split, data_config.eval_split, *extra_splits)
   builder = prepare(data_config.name, data_config.data_dir, splits)
-  inputs_key, label_key = _keys(builder)
+  task.features(builder)  # a dataset the task cannot read fails here, in one sentence
   for split in extra_splits:
     _num_examples(builder, split, data_config.data_dir)
   return DatasetSpec(
-      input_shape=tuple(builder.info.features[inputs_key].shape),
-      num_classes=builder.info.features[label_key].num_classes,
+      input_shape=tuple(task.input_shape(builder)),
+      num_classes=task.num_classes(builder),
       num_train=_num_examples(
           builder, data_config.train_split, data_config.data_dir),
       num_eval=_num_examples(
@@ -231,18 +237,18 @@ def _local_batch_size(global_batch_size: int, process_index: int,
 class CheckedSource:
   """A TFDS data source whose examples are checked against the declared features.
 
-  A malformed record (undecodable, or inputs of another shape or dtype, or a
-  non-integer label) raises a DatasetError naming the dataset, split and
-  example index, instead of failing later inside a batch or the model.
+  A malformed record (undecodable, a missing feature, a feature of another shape
+  or dtype, or a non-integer class label) raises a DatasetError naming the
+  dataset, split and example index, instead of failing later inside a batch or
+  the model. `features` is the task's {name: (shape, dtype or 'int') or CLASS_LABEL}.
   """
 
-  def __init__(self, source, dataset: str, split: str, inputs_key: str,
-               label_key: str, inputs_feature):
+  def __init__(self, source, dataset: str, split: str, features):
+    from perceiver_jax.tasks.base import CLASS_LABEL  # pylint: disable=g-import-not-at-top
     self._source = source
     self._dataset, self._split = dataset, split
-    self._inputs_key, self._label_key = inputs_key, label_key
-    self._shape = tuple(inputs_feature.shape)
-    self._dtype = np.dtype(inputs_feature.np_dtype)
+    self._features = dict(features)
+    self._class_label = CLASS_LABEL
 
   def __len__(self) -> int:
     return len(self._source)
@@ -262,37 +268,54 @@ class CheckedSource:
     except Exception as e:  # corrupt bytes raise many types inside TFDS
       raise self._fail(index, f"cannot be decoded ({type(e).__name__}: "
                               f"{' '.join(str(e).split())})") from e
-    missing = {self._inputs_key, self._label_key} - set(element)
+    missing = set(self._features) - set(element)
     if missing:
       raise self._fail(index, f'lacks the features {sorted(missing)}')
-    x = np.asarray(element[self._inputs_key])
-    shape_ok = len(x.shape) == len(self._shape) and all(
-        want is None or want == got for want, got in zip(self._shape, x.shape))
-    if not shape_ok or x.dtype != self._dtype:
-      raise self._fail(index, f"has '{self._inputs_key}' of shape {x.shape} and "
-                              f"dtype {x.dtype}, but the dataset declares shape "
-                              f"{self._shape} and dtype {self._dtype}")
-    label = np.asarray(element[self._label_key])
-    if label.ndim or label.dtype.kind not in 'iu':
-      raise self._fail(index, f"has label {label.tolist()!r} of shape "
-                              f"{label.shape} and dtype {label.dtype}, but a "
-                              "class label is an integer scalar")
+    for key, declared in self._features.items():
+      x = np.asarray(element[key])
+      if declared == self._class_label:
+        if x.ndim or x.dtype.kind not in 'iu':
+          raise self._fail(index, f"has label {x.tolist()!r} of shape "
+                                  f"{x.shape} and dtype {x.dtype}, but a "
+                                  "class label is an integer scalar")
+        continue
+      shape, dtype = tuple(declared[0]), declared[1]
+      shape_ok = len(x.shape) == len(shape) and all(
+          want is None or want == got for want, got in zip(shape, x.shape))
+      # 'int': any integer dtype (TFDS may decode an int32 scalar as int64).
+      dtype_ok = (x.dtype.kind in 'iu' if dtype == 'int' else x.dtype == np.dtype(dtype))
+      if not shape_ok or not dtype_ok:
+        wanted = 'an integer dtype' if dtype == 'int' else f'dtype {np.dtype(dtype)}'
+        raise self._fail(index, f"has '{key}' of shape {x.shape} and "
+                                f"dtype {x.dtype}, but the dataset declares shape "
+                                f"{shape} and {wanted}")
     return element
 
 
-def _examples(data_config, split: str) -> tuple[grain.MapDataset, int]:
-  """Decoded, normalised examples of a split (no batch axis), and their count."""
+def _examples(data_config, split: str, task) -> tuple[grain.MapDataset, int]:
+  """The task's examples of a split (no batch axis, before any random transform),
+  and their count."""
   builder = prepare(data_config.name, data_config.data_dir)
   num = _num_examples(builder, split, data_config.data_dir)
-  inputs_key, label_key = _keys(builder)
   source = CheckedSource(builder.as_data_source(split=split), data_config.name,
-                         split, inputs_key, label_key,
-                         builder.info.features[inputs_key])
-  normalize = getattr(data_config, 'normalize', None) or (0.0, 1.0)
-  ds = (grain.MapDataset.source(source)
-        .map(transforms.ToSupervised(inputs_key, label_key))
-        .map(transforms.Normalize(*normalize)))
+                         split, task.features(builder))
+  ds = grain.MapDataset.source(source)
+  for op in task.prepare(data_config, builder):
+    ds = ds.map(op)
   return ds, num
+
+
+def _apply(ds: grain.MapDataset, ops, seed: int) -> grain.MapDataset:
+  """Applies grain transforms in order; RandomMap i draws from (seed, i, example index),
+  so it is deterministic and resumable; MapWithIndex sees the example index."""
+  for i, op in enumerate(ops):
+    if isinstance(op, grain.transforms.RandomMap):
+      ds = ds.random_map(op, seed=_shuffle_seed(seed) + i + 1)
+    elif isinstance(op, grain.transforms.MapWithIndex):
+      ds = ds.map_with_index(op)
+    else:
+      ds = ds.map(op)
+  return ds
 
 
 def _read_options(data_config) -> grain.ReadOptions:
@@ -311,29 +334,22 @@ def _shuffle_seed(seed: int) -> int:
 
 
 def make_train_iterator(data_config, *, global_batch_size: int, seed: int,
-                        process_index: int = 0, process_count: int = 1
+                        process_index: int = 0, process_count: int = 1, task=None
                         ) -> grain.DatasetIterator:
   """Infinite iterator over this process's part of the training batches.
 
-  Yields `inputs` float32 [L, *input_shape] and `label` int32 [L], with
-  L = global_batch_size // process_count. Each epoch is a fresh permutation
-  derived from `seed`; `get_state()`/`set_state()` save and restore the exact
-  position.
+  Yields the task's batches (classification: `inputs` float32 [L, *input_shape]
+  and `label` int32 [L]), L = global_batch_size // process_count. Each epoch is
+  a fresh permutation derived from `seed`; `get_state()`/`set_state()` save and
+  restore the exact position.
   """
+  task = _task_or_default(task)
   local = _local_batch_size(global_batch_size, process_index, process_count)
-  augment = getattr(data_config, 'augment', '') or ''
-  if augment not in transforms.AUGMENTATIONS:
-    raise DatasetError(
-        f"Unknown augmentation '{augment}' for dataset '{data_config.name}'; "
-        f"use one of {sorted(transforms.AUGMENTATIONS)}.")
-  ds, _ = _examples(data_config, data_config.train_split)
+  ops = task.train_transforms(data_config)  # a bad setting fails before data is read
+  ds, _ = _examples(data_config, data_config.train_split, task)
   ds = ds.shuffle(seed=_shuffle_seed(seed)).repeat()  # epoch e: own shuffle
-  for i, op in enumerate(transforms.AUGMENTATIONS[augment](data_config)):
-    # Random ops draw from (seed, op, example index): deterministic and resumable.
-    if isinstance(op, grain.transforms.RandomMap):
-      ds = ds.random_map(op, seed=_shuffle_seed(seed) + i + 1)
-    else:
-      ds = ds.map(op)
+  # Random ops draw from (seed, op, position in the stream): deterministic and resumable.
+  ds = _apply(ds, ops, seed)
   # Chunk c of L examples is rows [(c % P) * L, ...) of global batch c // P,
   # so process p takes chunks p, p + P, ... (see module docstring).
   ds = ds.batch(local)[process_index::process_count]
@@ -341,22 +357,24 @@ def make_train_iterator(data_config, *, global_batch_size: int, seed: int,
 
 
 def make_eval_iterator(data_config, split: str, *, global_batch_size: int,
-                       process_index: int = 0, process_count: int = 1
+                       process_index: int = 0, process_count: int = 1, task=None
                        ) -> grain.IterDataset:
   """One ordered pass over `split`, padded to whole global batches.
 
-  Yields `inputs` float32 [L, *input_shape], `label` int32 [L] and `mask`
-  float32 [L] (1 real, 0 padding), L = global_batch_size // process_count.
-  Every process yields the same number of batches and each example appears
-  exactly once across processes. Iterating again starts from the beginning.
+  Yields the task's batches (classification: `inputs` float32 [L, *input_shape],
+  `label` int32 [L]) plus `mask` float32 [L] (1 real, 0 padding), L =
+  global_batch_size // process_count. Every process yields the same number of
+  batches and each example appears exactly once across processes. Random eval
+  transforms use EVAL_SEED. Iterating again starts from the beginning.
   """
+  task = _task_or_default(task)
   local = _local_batch_size(global_batch_size, process_index, process_count)
-  ds, num = _examples(data_config, split)
+  ds, num = _examples(data_config, split, task)
+  ds = _apply(ds, task.eval_transforms(data_config), EVAL_SEED)
   ds = ds.map(transforms.AddMask(1.0))
   num_padding = -num % global_batch_size
   if num_padding:
-    pad = {'inputs': np.zeros_like(ds[0]['inputs']), 'label': np.int32(0),
-           'mask': np.float32(0.0)}
+    pad = task.padding_example(ds[0])
     ds = grain.MapDataset.concatenate(
         [ds, grain.MapDataset.range(num_padding).map(lambda _: pad)])
   ds = ds.batch(local)[process_index::process_count]

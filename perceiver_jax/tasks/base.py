@@ -1,0 +1,97 @@
+"""The Task interface: everything a training objective needs from the data and the model.
+
+A task owns
+  * which stored features it reads (checked per example) and how a stored example becomes a
+    model example {'inputs', <targets>...}: grain transforms for every split, for training
+    (after shuffling; random ones seeded from the run seed) and for evaluation (fixed);
+  * the padding example that fills the last eval batch (per-example 'mask' 0);
+  * how a batch feeds the model (model_inputs);
+  * the loss and summed metrics from model outputs and a batch, exact over eval padding,
+    and how accumulated sums become the reported metrics.
+The pipeline, the step functions, the trainer and the evaluator call only this interface.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+Transform = Any  # a grain.transforms.Map | RandomMap | MapWithIndex
+Batch = Mapping[str, jax.Array]
+
+# In Task.features: a feature checked as an integer class label rather than by shape/dtype.
+CLASS_LABEL = 'class_label'
+
+
+class Task:
+  """Base class; see the module docstring. Subclasses set `name` and override the rest."""
+
+  name: str = ''
+  input_dtype: Any = np.float32  # dtype of batch['inputs'] (abstract shapes, model summary)
+
+  @classmethod
+  def from_config(cls, config) -> 'Task':
+    """The task with the settings `config` gives it."""
+    return cls()
+
+  # -- config -------------------------------------------------------------------------------
+  def check_config(self, config) -> None:
+    """Raises UserError (one sentence) for task-specific config fields that are wrong."""
+
+  # -- data -----------------------------------------------------------------------------------
+  def features(self, builder) -> dict[str, Any]:
+    """{stored feature: (shape, numpy dtype or 'int' for any integer) or CLASS_LABEL},
+    in the order they are checked."""
+    raise NotImplementedError
+
+  def input_shape(self, builder) -> tuple[int, ...]:
+    """Per-example shape of batch['inputs'] (no batch axis)."""
+    raise NotImplementedError
+
+  def num_classes(self, builder) -> int:
+    """Classes (or vocabulary entries) the model scores."""
+    raise NotImplementedError
+
+  def prepare(self, data_config, builder) -> Sequence[Transform]:
+    """Deterministic per-example transforms of every split, applied before shuffling."""
+    return ()
+
+  def train_transforms(self, data_config) -> Sequence[Transform]:
+    """Training-only transforms, after shuffling; RandomMaps are seeded by the pipeline."""
+    return ()
+
+  def eval_transforms(self, data_config) -> Sequence[Transform]:
+    """Evaluation-only transforms; any randomness is fixed, so scores compare across runs."""
+    return ()
+
+  def padding_example(self, example: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """An example that fills the last eval batch: zeros like `example`, 'mask' 0."""
+    pad = {k: np.zeros_like(v) for k, v in example.items()}
+    pad['mask'] = np.float32(0.0)
+    return pad
+
+  # -- model and loss --------------------------------------------------------------------------
+  def model_inputs(self, batch: Batch) -> dict[str, jax.Array]:
+    """Keyword arguments of the model call for `batch` (at least 'inputs')."""
+    return {'inputs': batch['inputs']}
+
+  def loss_sums(self, outputs, batch: Batch, *, train: bool) -> dict[str, jax.Array]:
+    """Summed loss and metrics of one batch: 'loss' (summed over what the loss averages)
+    plus whatever summarize() needs. Eval batches carry 'mask' [batch] (0 = padding),
+    whose examples add nothing."""
+    raise NotImplementedError
+
+  def normaliser(self, batch: Batch):
+    """What the summed training loss of the whole batch is divided by (a mean)."""
+    raise NotImplementedError
+
+  def train_metrics(self, sums: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+    """Metrics of one training step from its sums (traced: jnp arithmetic only)."""
+    raise NotImplementedError
+
+  def summarize(self, sums: Mapping[str, Any]) -> dict[str, float]:
+    """Reported metrics from sums accumulated over many batches (host floats)."""
+    raise NotImplementedError

@@ -1,0 +1,118 @@
+"""Classification: (inputs, label) datasets, softmax cross-entropy, accuracy."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from perceiver_jax.tasks.base import CLASS_LABEL, Task
+
+
+def classification_loss(logits: jax.Array, labels: jax.Array, mask: jax.Array | None = None,
+                        label_smoothing: float = 0.0) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Mean softmax cross-entropy over real examples, plus summed metrics.
+
+  Args:
+    logits: [batch, num_classes].
+    labels: [batch] int.
+    mask: [batch] float, 1 for real examples and 0 for padding (eval), or None.
+  Returns:
+    (mean loss, sums) where sums holds 'loss', 'correct' and 'count' totals so that
+    metrics over many batches (and devices) are exact: total / count.
+  """
+  num_classes = logits.shape[-1]
+  logits = logits.astype(jnp.float32)
+  targets = jax.nn.one_hot(labels, num_classes)
+  if label_smoothing:
+    targets = optax.smooth_labels(targets, label_smoothing)
+  per_example = optax.softmax_cross_entropy(logits, targets)
+  if mask is None:
+    mask = jnp.ones_like(per_example)
+  count = mask.sum()
+  correct = ((jnp.argmax(logits, -1) == labels) * mask).sum()
+  loss_sum = (per_example * mask).sum()
+  mean_loss = loss_sum / jnp.maximum(count, 1.0)
+  return mean_loss, {'loss': loss_sum, 'correct': correct, 'count': count}
+
+
+def summarize(sums: dict[str, float]) -> dict[str, float]:
+  """Turns accumulated sums into reported metrics (loss, accuracy)."""
+  count = max(float(sums['count']), 1.0)
+  return {'loss': float(sums['loss']) / count, 'accuracy': float(sums['correct']) / count,
+          'num_examples': int(sums['count'])}
+
+
+class ClassificationTask(Task):
+  """A dataset's (inputs, label) supervised_keys -> {'inputs' float32 [*shape], 'label'
+  int32 []}; normalised by data.normalize, augmented by data.augment (training only)."""
+
+  name = 'classification'
+
+  def __init__(self, label_smoothing: float = 0.0):
+    self.label_smoothing = float(label_smoothing)  # training loss only
+
+  @classmethod
+  def from_config(cls, config) -> 'ClassificationTask':
+    return cls(label_smoothing=config.train.get('label_smoothing', 0.0))
+
+  # -- data -----------------------------------------------------------------------------------
+  def _keys(self, builder) -> tuple[str, str]:
+    from perceiver_jax.data.pipeline import DatasetError  # pylint: disable=g-import-not-at-top
+    keys = builder.info.supervised_keys
+    if not (isinstance(keys, tuple) and len(keys) == 2
+            and all(isinstance(k, str) for k in keys)):
+      raise DatasetError(
+          f"Dataset '{builder.name}' has no (inputs, label) supervised_keys, so "
+          "this classification pipeline cannot read it; add a task-specific "
+          "pipeline for it.")
+    return keys
+
+  def features(self, builder):
+    inputs_key, label_key = self._keys(builder)
+    feature = builder.info.features[inputs_key]
+    return {inputs_key: (tuple(feature.shape), np.dtype(feature.np_dtype)),
+            label_key: CLASS_LABEL}
+
+  def input_shape(self, builder):
+    return tuple(builder.info.features[self._keys(builder)[0]].shape)
+
+  def num_classes(self, builder):
+    return builder.info.features[self._keys(builder)[1]].num_classes
+
+  def prepare(self, data_config, builder):
+    from perceiver_jax.data import transforms  # pylint: disable=g-import-not-at-top
+    inputs_key, label_key = self._keys(builder)
+    normalize = getattr(data_config, 'normalize', None) or (0.0, 1.0)
+    return (transforms.ToSupervised(inputs_key, label_key), transforms.Normalize(*normalize))
+
+  def train_transforms(self, data_config):
+    from perceiver_jax.data import transforms  # pylint: disable=g-import-not-at-top
+    from perceiver_jax.data.pipeline import DatasetError  # pylint: disable=g-import-not-at-top
+    augment = getattr(data_config, 'augment', '') or ''
+    if augment not in transforms.AUGMENTATIONS:
+      raise DatasetError(
+          f"Unknown augmentation '{augment}' for dataset '{data_config.name}'; "
+          f"use one of {sorted(transforms.AUGMENTATIONS)}.")
+    return tuple(transforms.AUGMENTATIONS[augment](data_config))
+
+  def padding_example(self, example):
+    return {'inputs': np.zeros_like(example['inputs']), 'label': np.int32(0),
+            'mask': np.float32(0.0)}
+
+  # -- loss -------------------------------------------------------------------------------------
+  def loss_sums(self, outputs, batch, *, train):
+    """outputs: logits [batch, num_classes]; batch['label'] [batch]."""
+    _, sums = classification_loss(outputs, batch['label'], batch.get('mask'),
+                                  label_smoothing=self.label_smoothing if train else 0.0)
+    return sums
+
+  def normaliser(self, batch):
+    return batch['label'].shape[0]
+
+  def train_metrics(self, sums):
+    return {'loss': sums['loss'] / sums['count'], 'accuracy': sums['correct'] / sums['count']}
+
+  def summarize(self, sums):
+    return summarize(sums)

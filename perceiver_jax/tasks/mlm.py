@@ -1,0 +1,159 @@
+"""Masked language modelling on UTF-8 bytes (Perceiver IO's pretraining objective).
+
+Data: a byte corpus with features 'bytes' uint8 [window] and 'length' int32 [] (e.g. the
+embedded python_stdlib). Training windows are masked by data/mlm_masking.WholeWordMask,
+drawing from (run seed, position in the shuffled stream): deterministic and resumable.
+Eval windows are masked with a Generator seeded by (eval_seed, example index), the same
+in every run and the way benchmarks/baselines.py masks the test split (seed 1), so eval
+scores compare across runs and with the unigram baseline.
+
+Examples: inputs int32 [window] (masked ids), targets int32 [window], target_mask
+float32 [window] (1 at the bytes to predict). The model sees input_mask = inputs != PAD_ID
+and returns logits [batch, window, vocab]. Loss: mean cross-entropy over the target
+bytes of the batch. Metrics: masked-byte accuracy and bits per byte (sum of -log2 p over
+the targets / number of targets), exact over batches and eval padding.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import grain
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from perceiver_jax.data import mlm_masking
+from perceiver_jax.errors import UserError
+from perceiver_jax.tasks.base import Task
+from perceiver_jax.tokenizer import PAD_ID, VOCAB_SIZE
+
+# The data.* fields of this task, with their defaults (BERT's 15% and 80/10/10).
+DEFAULTS = dict(mask_prob=0.15, mask_token_prob=0.8, random_token_prob=0.1,
+                word_definition='code', eval_mask_seed=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class FixedSeedWholeWordMask(grain.transforms.MapWithIndex):
+  """WholeWordMask drawing from np.random.default_rng([seed, example index]): the same
+  masks in every run, whatever the batch size or process count."""
+
+  mask: mlm_masking.WholeWordMask
+  seed: int
+
+  def map_with_index(self, index: int, element):
+    return self.mask.random_map(element, np.random.default_rng([self.seed, int(index)]))
+
+
+def mlm_sums(logits: jax.Array, targets: jax.Array, weights: jax.Array
+             ) -> dict[str, jax.Array]:
+  """Summed MLM loss and metrics over the weighted positions.
+
+  Args:
+    logits: [batch, seq, vocab].
+    targets: [batch, seq] int ids.
+    weights: [batch, seq] float, 1 at positions scored (targets of real examples), else 0.
+  Returns:
+    {'loss': sum of -ln p(target) (nats), 'correct': targets that are the argmax,
+     'count': number of targets}, all summed over the weighted positions.
+  """
+  logits = logits.astype(jnp.float32)
+  nll = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+  scored = weights > 0
+  # where, not a product: a position's nll never leaks into the sum, even if not finite.
+  return {'loss': jnp.where(scored, nll * weights, 0.0).sum(),
+          'correct': jnp.where(scored, (jnp.argmax(logits, -1) == targets) * weights, 0.0).sum(),
+          'count': weights.sum()}
+
+
+def mlm_metrics(sums, xp=jnp):
+  """{'loss' (nats), 'accuracy', 'bits_per_byte'} per target from summed totals."""
+  count = xp.maximum(sums['count'], 1.0)
+  loss = sums['loss'] / count
+  return {'loss': loss, 'accuracy': sums['correct'] / count,
+          'bits_per_byte': loss / math.log(2.0)}
+
+
+class MlmTask(Task):
+  """Byte-level masked language modelling; settings are config.data fields (DEFAULTS)."""
+
+  name = 'mlm'
+  input_dtype = np.int32
+
+  def __init__(self, mask_prob: float = 0.15, mask_token_prob: float = 0.8,
+               random_token_prob: float = 0.1, word_definition: str = 'code',
+               eval_mask_seed: int = 1):
+    self.masking = mlm_masking.WholeWordMask(
+        mask_prob=float(mask_prob), mask_token_prob=float(mask_token_prob),
+        random_token_prob=float(random_token_prob), word_definition=word_definition)
+    self.eval_mask_seed = int(eval_mask_seed)
+
+  @classmethod
+  def from_config(cls, config) -> 'MlmTask':
+    return cls(**{k: config.data.get(k, v) for k, v in DEFAULTS.items()})
+
+  def check_config(self, config) -> None:
+    m = self.masking
+    if not 0.0 < m.mask_prob < 1.0:
+      raise UserError(f'config.data.mask_prob={m.mask_prob!r} is out of range; use a fraction '
+                      'of words in (0, 1), e.g. 0.15.')
+    if (m.mask_token_prob < 0 or m.random_token_prob < 0
+        or m.mask_token_prob + m.random_token_prob > 1):
+      raise UserError(f'config.data.mask_token_prob={m.mask_token_prob!r} and '
+                      f'random_token_prob={m.random_token_prob!r} must be >= 0 and sum to at '
+                      'most 1, e.g. 0.8 and 0.1.')
+    if m.word_definition not in mlm_masking.WORD_DEFINITIONS:
+      raise UserError(f'config.data.word_definition={m.word_definition!r} is unknown; use one '
+                      f'of {", ".join(repr(w) for w in mlm_masking.WORD_DEFINITIONS)}.')
+
+  # -- data -----------------------------------------------------------------------------------
+  def features(self, builder):
+    from perceiver_jax.data.pipeline import DatasetError  # pylint: disable=g-import-not-at-top
+    feats = builder.info.features
+    if 'bytes' not in feats or 'length' not in feats or len(feats['bytes'].shape) != 1:
+      raise DatasetError(
+          f"Dataset '{builder.name}' has no 'bytes' [window] and 'length' features, so the "
+          "mlm task cannot read it; use a byte corpus such as python_stdlib, or another "
+          "config.task.")
+    return {'bytes': (tuple(feats['bytes'].shape), np.dtype(feats['bytes'].np_dtype)),
+            'length': ((), 'int')}
+
+  def input_shape(self, builder):
+    return tuple(self.features(builder)['bytes'][0])
+
+  def num_classes(self, builder):
+    return VOCAB_SIZE
+
+  def train_transforms(self, data_config):
+    return (self.masking,)
+
+  def eval_transforms(self, data_config):
+    return (FixedSeedWholeWordMask(self.masking, self.eval_mask_seed),)
+
+  # -- model and loss --------------------------------------------------------------------------
+  def model_inputs(self, batch):
+    """inputs int32 [batch, seq] and input_mask bool [batch, seq] (False at padding)."""
+    return {'inputs': batch['inputs'], 'input_mask': batch['inputs'] != PAD_ID}
+
+  def loss_sums(self, outputs, batch, *, train):
+    """outputs: logits [batch, seq, vocab]; sums as mlm_sums, plus 'examples'."""
+    weights = batch['target_mask'].astype(jnp.float32)
+    if 'mask' in batch:  # eval: padding examples score nothing
+      weights = weights * batch['mask'][:, None]
+      examples = batch['mask'].sum()
+    else:
+      examples = jnp.asarray(batch['inputs'].shape[0], jnp.float32)
+    return {**mlm_sums(outputs, batch['targets'], weights), 'examples': examples}
+
+  def normaliser(self, batch):
+    return jnp.maximum(batch['target_mask'].sum(), 1.0)
+
+  def train_metrics(self, sums):
+    return mlm_metrics(sums)
+
+  def summarize(self, sums):
+    sums = {k: float(v) for k, v in sums.items()}
+    metrics = {k: float(v) for k, v in mlm_metrics(sums, np).items()}
+    return {**metrics, 'num_targets': int(sums['count']), 'num_examples': int(sums['examples'])}
