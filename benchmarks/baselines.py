@@ -10,7 +10,9 @@ mlm:  python_stdlib/full (512-byte windows of the standard library's .py files, 
 flow: skimage_flow/crop64 (64x64 frame pairs warped from scikit-image photographs by random
       smooth flows, split by source photograph). End-point error of predicting zero flow
       on the test split, over all pixels and over the pixels whose target is in frame 2
-      (perceiver_jax/flow_metrics.py).
+      (perceiver_jax/flow_metrics.py); and, as an oracle that reads the true flow, the EPE
+      of predicting each pair's own mean flow (what recovering only the global translation
+      would give).
 
 Both datasets are prepared offline under --data_dir on first use (the flow one takes about
 a minute and 0.5 GB). Prints one JSON line per baseline; nothing is trained.
@@ -49,12 +51,25 @@ def mlm_baseline(data_dir: str | None, word_definition: str = 'code') -> dict:
           'test_examples': len(test), **scores}
 
 
+def mean_flow_oracle_epe(examples) -> float:
+  """EPE over valid pixels of predicting each pair's own mean valid flow: an oracle (it reads
+  the true flow) for a model that recovers only each pair's global translation."""
+  total = count = 0.0
+  for example in examples:
+    flow = np.asarray(example['flow'], np.float64)
+    valid = np.asarray(example['valid'], bool)
+    error = np.linalg.norm(flow - flow[valid].mean(0), axis=-1)[valid]
+    total, count = total + error.sum(), count + error.size
+  return total / count
+
+
 def flow_baseline(data_dir: str | None) -> dict:
   builder = pipeline.prepare('skimage_flow/crop64', data_dir)
   test = builder.as_data_source('test')
   return {'baseline': 'zero_flow', 'dataset': 'skimage_flow/crop64', 'test_examples': len(test),
           'epe_all_pixels': flow_metrics.zero_flow_epe(test, valid_only=False),
-          'epe_valid_pixels': flow_metrics.zero_flow_epe(test, valid_only=True)}
+          'epe_valid_pixels': flow_metrics.zero_flow_epe(test, valid_only=True),
+          'mean_flow_oracle_epe_valid_pixels': mean_flow_oracle_epe(test)}
 
 
 def main(argv=None):

@@ -36,11 +36,17 @@ def get_config() -> ml_collections.ConfigDict:
   # regex init_exclude (e.g. 'decoder/.*') keep their fresh initialisation.
   config.init_from = ml_collections.FieldReference(None, field_type=str)
   config.init_exclude = ''
+  # 'this/path=checkpoint/path,...': parameters stored under another path in init_from
+  # (e.g. a tied table: 'preprocessor/embeddings=postprocessor/embeddings').
+  config.init_rename = ''
 
   config.data = ml_collections.ConfigDict(dict(
       name='',                  # TFDS name, optionally with builder config: 'mnist1d/shuffled'
       # None: $TFDS_DATA_DIR or ~/tensorflow_datasets
       data_dir=ml_collections.FieldReference(None, field_type=str),
+      # Datasets built from files you download (imagenet2012, flow_files, modelnet40, ...):
+      # None = TFDS's <data_dir>/downloads/manual
+      manual_dir=ml_collections.FieldReference(None, field_type=str),
       train_split='train',
       eval_split='test',
       normalize=(0.0, 1.0),     # inputs -> (x - mean) / std

@@ -31,7 +31,7 @@ def evaluate(config, workdir: str, step: int | None = None, split: str | None = 
   split = split or config.data.eval_split
   task = tasks.get_task(config)
 
-  input_shape = tuple(checked_data_spec(config, splits=(split,)).input_shape)
+  input_shape = state_lib.input_shapes(checked_data_spec(config, splits=(split,)).input_shape)
   target, shardings, spec, _, _ = state_lib.create_train_state(
       config, input_shape, mesh, initialise=False)
   # Weights only: the optimizer state is neither needed nor (for converted models) present.

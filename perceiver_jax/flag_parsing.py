@@ -58,7 +58,7 @@ def _config_files_near(path: str) -> str:
     folder = 'configs'
   try:
     names = sorted(n for n in os.listdir(folder)
-                   if n.endswith('.py') and n not in ('__init__.py', 'common.py'))
+                   if n.endswith('.py') and not n.startswith('_') and n != 'common.py')
   except OSError:
     names = []
   return ', '.join(os.path.join(folder, n) for n in names) or 'configs/digits.py'

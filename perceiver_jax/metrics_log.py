@@ -68,7 +68,8 @@ class MetricsLog:
       with open(path) as f:
         info = json.load(f)
     info.update(num_params=int(summary['num_params']),
-                output_shape=list(summary['output_shape']),
+                output_shape=jax.tree.map(list, summary['output_shape'],
+                                          is_leaf=lambda x: isinstance(x, tuple)),
                 flops_per_example=float(summary['flops_per_example']))
     device = jax.devices()[0]
     # One entry per process start: a resumed run adds a segment, so wall time adds up.

@@ -20,6 +20,7 @@ from jax.sharding import Mesh
 from perceiver_jax import precision
 from perceiver_jax import sharding as shd
 from perceiver_jax.model.build import build_model
+from perceiver_jax.model.build_multimodal import input_shapes
 from perceiver_jax.optim import make_optimizer
 
 
@@ -38,14 +39,14 @@ class TrainState:
 class ModelSpec:
   """What the step functions need to rebuild the model inside jit."""
   graphdef: Any
-  input_shape: tuple[int, ...]
+  input_shape: tuple[int, ...] | dict[str, tuple[int, ...]]  # dict: multimodal models
   num_params: int
 
 
 def build(config, input_shape, seed_key=None) -> nnx.Module:
   """The model of `config` for per-example `input_shape` (eager; wrap in nnx.eval_shape)."""
   rngs = nnx.Rngs(params=seed_key if seed_key is not None else 0)
-  return build_model(config.model, input_shape=tuple(input_shape), rngs=rngs)
+  return build_model(config.model, input_shape=input_shapes(input_shape), rngs=rngs)
 
 
 def model_spec(config, input_shape) -> tuple[ModelSpec, dict, Any]:
@@ -55,7 +56,7 @@ def model_spec(config, input_shape) -> tuple[ModelSpec, dict, Any]:
   names = shd.logical_names(abstract_model)
   abstract_params = nnx.to_pure_dict(params)
   num_params = sum(math.prod(x.shape) for x in jax.tree.leaves(abstract_params))
-  return ModelSpec(graphdef, tuple(input_shape), num_params), names, abstract_params
+  return ModelSpec(graphdef, input_shapes(input_shape), num_params), names, abstract_params
 
 
 def _init_fn(config, input_shape, tx):

@@ -6,6 +6,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
@@ -149,11 +150,20 @@ def make_eval_step(spec: ModelSpec, mesh: Mesh, params_shardings, model_state_sh
 def evaluate_split(eval_step, params, model_state, batches, to_global,
                    task: tasks.Task | None = None) -> dict[str, float]:
   """Runs eval_step over an iterable of host batches and returns the task's metrics
-  (default: classification's loss/accuracy) from the summed totals."""
-  totals = None
+  (default: classification's loss/accuracy) from the summed totals. The task's
+  per_example_keys are concatenated over batches instead (metrics that are not sums)."""
+  task = task or tasks.default_task()
+  row_keys = tuple(getattr(task, 'per_example_keys', ()))
+  totals, rows = None, []
   for batch in batches:
-    sums = eval_step(params, model_state, to_global(batch))
+    sums = dict(eval_step(params, model_state, to_global(batch)))
+    if row_keys:
+      rows.append({k: sums.pop(k) for k in row_keys})
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
   if totals is None:
     raise ValueError('The evaluation split yielded no batches.')
-  return (task or tasks.default_task()).summarize(jax.device_get(totals))
+  totals = jax.device_get(totals)
+  if row_keys:
+    rows = jax.device_get(rows)  # one transfer at the end: the loop stays asynchronous
+    totals.update({k: np.concatenate([r[k] for r in rows]) for k in row_keys})
+  return task.summarize(totals)

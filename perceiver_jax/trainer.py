@@ -45,7 +45,7 @@ def _train_and_evaluate(config, workdir: str, cleanup: contextlib.ExitStack) -> 
   # One trainer per workdir; taken before anything in it is written.
   cleanup.enter_context(workdir_lock.acquire(workdir, process_index=jax.process_index()))
 
-  input_shape = tuple(data_spec.input_shape)
+  input_shape = state_lib.input_shapes(data_spec.input_shape)  # a dict for multimodal data
   num_steps = int(config.train.num_steps)
 
   # ----------------------------------------------------------------------------------------
@@ -74,7 +74,8 @@ def _train_and_evaluate(config, workdir: str, cleanup: contextlib.ExitStack) -> 
   elif config.get('init_from'):
     # Fine-tuning starts from pretrained weights; a resumed run ignores them (its own win).
     state = ckpt.init_from_checkpoint(state, shardings, config.init_from,
-                                      config.get('init_exclude', ''))
+                                      config.get('init_exclude', ''),
+                                      config.get('init_rename', ''))
   # Written only once the workdir's checkpoints are known to fit this config.
   if jax.process_index() == 0:
     with open(os.path.join(workdir, 'config.json'), 'w') as f:

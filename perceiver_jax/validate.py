@@ -329,7 +329,7 @@ def checked_data_spec(config, splits: tuple[str, ...] = ()):
   from perceiver_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   from perceiver_jax import tasks  # pylint: disable=g-import-not-at-top
   spec = pipeline.dataset_info(config.data, extra_splits=splits, task=tasks.get_task(config))
-  input_shape = tuple(spec.input_shape)
+  input_shape = state_lib.input_shapes(spec.input_shape)  # a dict for multimodal data
   try:
     nnx.eval_shape(lambda: state_lib.build(config, input_shape))
   except UserError:

@@ -59,3 +59,28 @@ def test_optional_model_fields_are_overridable_from_the_command_line():
                         '--config.model.preprocessor.position_encoding.max_resolution=(20,)'],
                        capture_output=True, text=True, check=True, cwd=ROOT).stdout
   assert out.split() == ['64', '(20,)']
+
+
+# The papers' benchmarks (docs/benchmarks.md): each validates at full size and has a
+# :runlocal variant, which its own test file trains (tests/test_<benchmark>.py).
+BENCHMARKS = ('audioset_perceiver', 'flow_autoflow', 'flow_skimage', 'imagenet_perceiver',
+              'imagenet_perceiver_io', 'kinetics_autoencoding', 'mlm_c4', 'mlm_stdlib',
+              'modelnet40_perceiver', 'text_classification')
+
+
+def test_every_config_file_is_a_known_experiment():
+  import os  # pylint: disable=g-import-not-at-top
+  names = {n[:-3] for n in os.listdir(os.path.join(ROOT, 'configs'))
+           if n.endswith('.py') and not n.startswith('_') and n != 'common.py'}
+  assert names == set(BENCHMARKS) | {'digits', 'mnist1d'}
+
+
+@pytest.mark.parametrize('name', BENCHMARKS)
+def test_benchmark_config_validates_at_full_size_and_runlocal(name):
+  import importlib  # pylint: disable=g-import-not-at-top
+  module = importlib.import_module(f'configs.{name}')
+  full, local = module.get_config(), module.get_config('runlocal')
+  validate_config(full)
+  validate_config(local)
+  assert local.train.num_steps <= 10 and local.train.batch_size <= 16
+  assert full.train.num_steps > local.train.num_steps

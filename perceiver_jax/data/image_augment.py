@@ -52,7 +52,7 @@ def _check_image(image: Any) -> np.ndarray:
 
 
 def center_crop_box(height: int, width: int, size: int = INPUT_SIZE,
-                    crop_padding: int = CROP_PADDING) -> Box:
+                    crop_padding: float = CROP_PADDING) -> Box:
   """The evaluation crop: a centred square of size/(size+crop_padding) of the shorter side.
 
   E.g. 512x512 -> side int(0.875*512) = 448 at (32, 32). An odd margin puts the extra
@@ -95,7 +95,7 @@ def inception_crop_box(rng: np.random.Generator, height: int, width: int,
                        area_range: tuple[float, float] = (0.08, 1.0),
                        aspect_ratio_range: tuple[float, float] = (3 / 4, 4 / 3),
                        min_object_covered: float = 0.1, max_attempts: int = 10,
-                       size: int = INPUT_SIZE, crop_padding: int = CROP_PADDING) -> Box:
+                       size: int = INPUT_SIZE, crop_padding: float = CROP_PADDING) -> Box:
   """A random Inception-style crop box inside a height x width image.
 
   Each attempt draws an aspect ratio (width/height) uniformly from
@@ -153,7 +153,7 @@ def inception_crop(image: np.ndarray, rng: np.random.Generator,
 
 
 def center_crop(image: np.ndarray, size: int = INPUT_SIZE,
-                crop_padding: int = CROP_PADDING) -> np.ndarray:
+                crop_padding: float = CROP_PADDING) -> np.ndarray:
   """Evaluation preprocessing: `center_crop_box` resized to uint8 [size, size, 3]."""
   image = _check_image(image)
   box = center_crop_box(*image.shape[:2], size, crop_padding)
@@ -162,7 +162,8 @@ def center_crop(image: np.ndarray, size: int = INPUT_SIZE,
 
 def train_preprocess(image: np.ndarray, rng: np.random.Generator,
                      size: int = INPUT_SIZE, randaugment_layers: int = 4,
-                     randaugment_magnitude: float = 5.0) -> np.ndarray:
+                     randaugment_magnitude: float = 5.0,
+                     crop_padding: float = CROP_PADDING) -> np.ndarray:
   """The recipe's training image: crop -> flip -> RandAugment on the crop -> resize.
 
   Args:
@@ -171,12 +172,14 @@ def train_preprocess(image: np.ndarray, rng: np.random.Generator,
     size: output side.
     randaugment_layers: 0 disables RandAugment.
     randaugment_magnitude: on the 0..10 scale.
+    crop_padding: of the fallback center crop (see `inception_crop_box`).
 
   Returns:
     uint8 [size, size, 3].
   """
   image = _check_image(image)
-  image = crop(image, inception_crop_box(rng, *image.shape[:2], size=size))
+  image = crop(image, inception_crop_box(rng, *image.shape[:2], size=size,
+                                         crop_padding=crop_padding))
   image = np.ascontiguousarray(random_flip(image, rng))
   if randaugment_layers:
     image = randaugment_lib.randaugment(image, rng, randaugment_layers,
@@ -291,10 +294,12 @@ class InceptionTrainAugment(grain.transforms.RandomMap):
   size: int = INPUT_SIZE
   randaugment_layers: int = 4
   randaugment_magnitude: float = 5.0
+  crop_padding: float = CROP_PADDING  # of the fallback center crop
 
   def random_map(self, element: dict[str, Any], rng: np.random.Generator):
     image = train_preprocess(element['inputs'], rng, self.size,
-                             self.randaugment_layers, self.randaugment_magnitude)
+                             self.randaugment_layers, self.randaugment_magnitude,
+                             self.crop_padding)
     return {**element, 'inputs': image}
 
 
@@ -303,7 +308,7 @@ class CenterCropResize(grain.transforms.Map):
   """`center_crop` on `inputs`: uint8 [h, w, 3] -> uint8 [size, size, 3]."""
 
   size: int = INPUT_SIZE
-  crop_padding: int = CROP_PADDING
+  crop_padding: float = CROP_PADDING
 
   def map(self, element: dict[str, Any]):
     return {**element, 'inputs': center_crop(element['inputs'], self.size,

@@ -53,7 +53,8 @@ class DatasetError(UserError):
 class DatasetSpec:
   """What the model and trainer need to know about a dataset, per example."""
 
-  input_shape: tuple[int, ...]  # e.g. (40, 1) or (8, 8, 1); no batch axis
+  # e.g. (40, 1) or (8, 8, 1), or {modality: shape} for multimodal data; no batch axis
+  input_shape: tuple[int, ...] | dict[str, tuple[int, ...]]
   num_classes: int
   num_train: int
   num_eval: int
@@ -129,8 +130,8 @@ def _check_split_names(builder, splits, data_dir: str) -> None:
           f"'{data_dir}'); use one of {sorted(known)}.")
 
 
-def prepare(name: str, data_dir: str | None, splits: tuple[str, ...] = ()
-            ) -> tfds.core.DatasetBuilder:
+def prepare(name: str, data_dir: str | None, splits: tuple[str, ...] = (),
+            manual_dir: str | None = None) -> tfds.core.DatasetBuilder:
   """Returns the builder of a prepared dataset, building embedded ones once.
 
   Args:
@@ -138,6 +139,8 @@ def prepare(name: str, data_dir: str | None, splits: tuple[str, ...] = ()
     data_dir: TFDS data directory; None means $TFDS_DATA_DIR or
       ~/tensorflow_datasets.
     splits: split names to check exist before anything is built.
+    manual_dir: where builders that read downloaded files find them; None
+      means TFDS's default, <data_dir>/downloads/manual.
   """
   data_dir = _resolve_data_dir(data_dir)
   builder = _builder(name, data_dir)
@@ -161,7 +164,10 @@ def prepare(name: str, data_dir: str | None, splits: tuple[str, ...] = ()
           logging.info("Preparing dataset '%s' in %s (offline, once).",
                        name, data_dir)
           with _quiet():
-            builder.download_and_prepare(file_format='array_record')
+            builder.download_and_prepare(
+                file_format='array_record', download_config=tfds.download.DownloadConfig(
+                    manual_dir=os.path.abspath(os.path.expanduser(manual_dir))
+                    if manual_dir else None))
       finally:
         fcntl.flock(lock, fcntl.LOCK_UN)
     # A fresh builder reads the split sizes written by whoever prepared it.
@@ -186,6 +192,13 @@ def _num_examples(builder, split: str, data_dir: str | None) -> int:
   return builder.info.splits[split].num_examples
 
 
+def _per_example_shape(shape):
+  # A tuple of ints, or {modality: tuple of ints} for multimodal tasks.
+  if isinstance(shape, dict):
+    return {m: tuple(int(n) for n in s) for m, s in shape.items()}
+  return tuple(int(n) for n in shape)
+
+
 def _task_or_default(task):
   if task is not None:
     return task
@@ -202,12 +215,13 @@ def dataset_info(data_config, extra_splits: tuple[str, ...] = (),
   """
   task = _task_or_default(task)
   splits = (data_config.train_split, data_config.eval_split, *extra_splits)
-  builder = prepare(data_config.name, data_config.data_dir, splits)
+  builder = prepare(data_config.name, data_config.data_dir, splits,
+                    manual_dir=getattr(data_config, 'manual_dir', None) or None)
   task.features(builder)  # a dataset the task cannot read fails here, in one sentence
   for split in extra_splits:
     _num_examples(builder, split, data_config.data_dir)
   return DatasetSpec(
-      input_shape=tuple(task.input_shape(builder)),
+      input_shape=_per_example_shape(task.input_shape(builder)),
       num_classes=task.num_classes(builder),
       num_train=_num_examples(
           builder, data_config.train_split, data_config.data_dir),
@@ -240,7 +254,8 @@ class CheckedSource:
   A malformed record (undecodable, a missing feature, a feature of another shape
   or dtype, or a non-integer class label) raises a DatasetError naming the
   dataset, split and example index, instead of failing later inside a batch or
-  the model. `features` is the task's {name: (shape, dtype or 'int') or CLASS_LABEL}.
+  the model. `features` is the task's {name: (shape, dtype, 'int' or 'text') or
+  CLASS_LABEL}.
   """
 
   def __init__(self, source, dataset: str, split: str, features):
@@ -282,10 +297,13 @@ class CheckedSource:
       shape, dtype = tuple(declared[0]), declared[1]
       shape_ok = len(x.shape) == len(shape) and all(
           want is None or want == got for want, got in zip(shape, x.shape))
-      # 'int': any integer dtype (TFDS may decode an int32 scalar as int64).
-      dtype_ok = (x.dtype.kind in 'iu' if dtype == 'int' else x.dtype == np.dtype(dtype))
+      # 'int': any integer dtype (TFDS may decode an int32 scalar as int64); 'text': a
+      # TFDS Text feature, which as_data_source decodes to UTF-8 bytes (str if hand-made).
+      dtype_ok = (x.dtype.kind in 'iu' if dtype == 'int' else x.dtype.kind in 'SU'
+                  if dtype == 'text' else x.dtype == np.dtype(dtype))
       if not shape_ok or not dtype_ok:
-        wanted = 'an integer dtype' if dtype == 'int' else f'dtype {np.dtype(dtype)}'
+        wanted = ('an integer dtype' if dtype == 'int' else 'a string' if dtype == 'text'
+                  else f'dtype {np.dtype(dtype)}')
         raise self._fail(index, f"has '{key}' of shape {x.shape} and "
                                 f"dtype {x.dtype}, but the dataset declares shape "
                                 f"{shape} and {wanted}")
@@ -295,7 +313,8 @@ class CheckedSource:
 def _examples(data_config, split: str, task) -> tuple[grain.MapDataset, int]:
   """The task's examples of a split (no batch axis, before any random transform),
   and their count."""
-  builder = prepare(data_config.name, data_config.data_dir)
+  builder = prepare(data_config.name, data_config.data_dir,
+                    manual_dir=getattr(data_config, 'manual_dir', None) or None)
   num = _num_examples(builder, split, data_config.data_dir)
   source = CheckedSource(builder.as_data_source(split=split), data_config.name,
                          split, task.features(builder))
@@ -352,7 +371,11 @@ def make_train_iterator(data_config, *, global_batch_size: int, seed: int,
   ds = _apply(ds, ops, seed)
   # Chunk c of L examples is rows [(c % P) * L, ...) of global batch c // P,
   # so process p takes chunks p, p + P, ... (see module docstring).
-  ds = ds.batch(local)[process_index::process_count]
+  ds = ds.batch(local)
+  # Batch-level random ops (e.g. MixUp) draw from (hashed seed, op, chunk c): resumable,
+  # unrelated to the per-example draws, and never shared by two processes' chunks.
+  ds = _apply(ds, task.batch_transforms(data_config), _shuffle_seed(seed))
+  ds = ds[process_index::process_count]
   return iter(ds.to_iter_dataset(_read_options(data_config)))
 
 
@@ -386,7 +409,7 @@ def make_eval_iterator(data_config, split: str, *, global_batch_size: int,
 # ---------------------------------------------------------------------------
 
 
-def to_global(batch: dict[str, np.ndarray],
+def to_global(batch: dict[str, Any],
               sharding: jax.sharding.Sharding) -> dict[str, jax.Array]:
   """Assembles per-process batches into global arrays [G, ...] on `sharding`.
 
@@ -401,6 +424,7 @@ def to_global(batch: dict[str, np.ndarray],
           sharding.mesh, jax.sharding.PartitionSpec(*sharding.spec[:x.ndim]))
     return sharding
 
-  return {k: jax.make_array_from_process_local_data(leaf_sharding(v), v)
-          for k, v in batch.items()}
+  # A tree: multimodal tasks nest their inputs ({'inputs': {modality: array}, ...}).
+  return jax.tree.map(
+      lambda v: jax.make_array_from_process_local_data(leaf_sharding(v), v), batch)
 

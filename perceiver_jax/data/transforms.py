@@ -14,6 +14,8 @@ from typing import Any
 import grain
 import numpy as np
 
+from perceiver_jax.data import point_cloud_augment
+
 Example = dict[str, Any]
 
 
@@ -90,4 +92,8 @@ AUGMENTATIONS: dict[str, Callable[[Any], tuple[grain.transforms.Map, ...]]] = {
     # Translation by up to data.max_shift positions per index axis (default 1).
     'random_shift': lambda data_config: (
         RandomShift(int(getattr(data_config, 'max_shift', 1) or 1)),),
+    # Point clouds [points, 3 + F] (perceiver_jax/data/point_cloud_augment.py): the Perceiver
+    # paper's per-point scaling + unit cube, and PointNet++-style per-object scale + shift.
+    'point_cloud': lambda data_config: point_cloud_augment.paper_augment(data_config),
+    'point_cloud_affine': lambda data_config: point_cloud_augment.affine_augment(data_config),
 }

@@ -23,22 +23,27 @@ def _flops_from_cost_analysis(cost: Any) -> float:
   return float((cost or {}).get('flops', 0.0))
 
 
-def model_summary(model: nnx.Module, input_shape: Sequence[int],
+def model_summary(model: nnx.Module, input_shape: Sequence[int] | dict[str, Sequence[int]],
                   input_dtype: Any = jnp.float32) -> dict[str, Any]:
-  """Summarises `model` on one example of per-example shape `input_shape`.
+  """Summarises `model` on one example of per-example shape `input_shape` ({modality:
+  shape} for a multimodal model).
 
-  Returns dict(num_params, output_shape (at batch 1), flops_per_example), the FLOPs
-  from XLA's cost analysis of one compiled forward pass at batch 1.
+  Returns dict(num_params, output_shape (at batch 1; {modality: shape} for a multimodal
+  model), flops_per_example), the FLOPs from XLA's cost analysis of one compiled forward
+  pass at batch 1.
   """
   graphdef, state = nnx.split(model)
 
   def forward(state, x):
     return nnx.merge(graphdef, state)(x, deterministic=True)
 
-  x = jax.ShapeDtypeStruct((1,) + tuple(input_shape), input_dtype)
+  one = lambda shape: jax.ShapeDtypeStruct((1,) + tuple(shape), input_dtype)
+  x = ({m: one(s) for m, s in input_shape.items()} if isinstance(input_shape, dict)
+       else one(input_shape))
   out = jax.eval_shape(forward, state, x)
   compiled = jax.jit(forward).lower(state, x).compile()
-  return dict(num_params=count_params(model), output_shape=tuple(out.shape),
+  return dict(num_params=count_params(model),
+              output_shape=jax.tree.map(lambda o: tuple(o.shape), out),
               flops_per_example=_flops_from_cost_analysis(compiled.cost_analysis()))
 
 

@@ -31,6 +31,9 @@ class Task:
 
   name: str = ''
   input_dtype: Any = np.float32  # dtype of batch['inputs'] (abstract shapes, model summary)
+  # Keys of eval loss_sums holding per-example rows [batch, ...] that the evaluation loop
+  # concatenates over batches instead of adding (metrics that are not sums, e.g. mAP).
+  per_example_keys: tuple[str, ...] = ()
 
   @classmethod
   def from_config(cls, config) -> 'Task':
@@ -43,12 +46,13 @@ class Task:
 
   # -- data -----------------------------------------------------------------------------------
   def features(self, builder) -> dict[str, Any]:
-    """{stored feature: (shape, numpy dtype or 'int' for any integer) or CLASS_LABEL},
-    in the order they are checked."""
+    """{stored feature: (shape, numpy dtype or 'int' for any integer or 'text' for a
+    string) or CLASS_LABEL}, in the order they are checked."""
     raise NotImplementedError
 
-  def input_shape(self, builder) -> tuple[int, ...]:
-    """Per-example shape of batch['inputs'] (no batch axis)."""
+  def input_shape(self, builder) -> tuple[int, ...] | dict[str, tuple[int, ...]]:
+    """Per-example shape of the model's inputs (no batch axis); {modality: shape} for a
+    multimodal model, whose model_inputs give {'inputs': {modality: array}}."""
     raise NotImplementedError
 
   def num_classes(self, builder) -> int:
@@ -65,6 +69,11 @@ class Task:
 
   def eval_transforms(self, data_config) -> Sequence[Transform]:
     """Evaluation-only transforms; any randomness is fixed, so scores compare across runs."""
+    return ()
+
+  def batch_transforms(self, data_config) -> Sequence[Transform]:
+    """Training-only transforms of each process-local batch (e.g. MixUp), after batching;
+    RandomMaps are seeded by the pipeline."""
     return ()
 
   def padding_example(self, example: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -1,11 +1,24 @@
 """Masked language modelling on UTF-8 bytes (Perceiver IO's pretraining objective).
 
-Data: a byte corpus with features 'bytes' uint8 [window] and 'length' int32 [] (e.g. the
-embedded python_stdlib). Training windows are masked by data/mlm_masking.WholeWordMask,
-drawing from (run seed, position in the shuffled stream): deterministic and resumable.
-Eval windows are masked with a Generator seeded by (eval_seed, example index), the same
-in every run and the way benchmarks/baselines.py masks the test split (seed 1), so eval
-scores compare across runs and with the unigram baseline.
+Data, either of
+  * a byte corpus with features 'bytes' uint8 [window] and 'length' int32 [] (e.g. the
+    embedded python_stdlib): the stored windows are the examples;
+  * a text corpus with a string feature `data.text_key` ('text': TFDS c4/en,
+    wikipedia/20230601.en, the embedded stdlib_docs): each document's UTF-8 bytes
+    (data/text_windows.py) are cut to one window of `data.seq_len` bytes (2048 as the
+    released model reads), never splitting a character. Training takes a window at a
+    uniformly random offset of its document, drawn afresh every epoch from the run seed
+    (every part of a long document gets seen); evaluation takes each document's first
+    window, so eval scores compare across runs. Shorter documents are padded with [PAD]
+    and hidden by the input mask. (The released model's card says DeepMind concatenated
+    10 documents before cropping, to waste less compute on padding; that packing builds
+    one example from several records, which per-example transforms cannot, and is not
+    done here.)
+Training windows are masked by data/mlm_masking.WholeWordMask, drawing from (run seed,
+position in the shuffled stream): deterministic and resumable. Eval windows are masked
+with a Generator seeded by (eval_seed, example index), the same in every run and the way
+benchmarks/baselines.py masks the test split (seed 1), so eval scores compare across runs
+and with the unigram baseline.
 
 Examples: inputs int32 [window] (masked ids), targets int32 [window], target_mask
 float32 [window] (1 at the bytes to predict). The model sees input_mask = inputs != PAD_ID
@@ -24,26 +37,66 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import tensorflow_datasets as tfds
 
-from perceiver_jax.data import mlm_masking
+from perceiver_jax.data import mlm_masking, text_windows
 from perceiver_jax.errors import UserError
 from perceiver_jax.tasks.base import Task
 from perceiver_jax.tokenizer import PAD_ID, VOCAB_SIZE
 
-# The data.* fields of this task, with their defaults (BERT's 15% and 80/10/10).
+# The data.* fields of this task, with their defaults (BERT's 15% and 80/10/10; text
+# corpora: the 'text' feature cut to the released model's 2048 bytes).
 DEFAULTS = dict(mask_prob=0.15, mask_token_prob=0.8, random_token_prob=0.1,
-                word_definition='code', eval_mask_seed=1)
+                word_definition='code', eval_mask_seed=1, seq_len=2048, text_key='text')
+DOCUMENT = 'document'  # a text corpus example before windowing: uint8 [n], one document
+
+
+@dataclasses.dataclass(frozen=True)
+class EncodeDocument(grain.transforms.Map):
+  """{text_key: UTF-8 bytes or str, ...} -> {'document': uint8 [n]} (the whole text)."""
+
+  text_key: str = 'text'
+
+  def map(self, element):
+    return {DOCUMENT: text_windows.utf8_bytes(element[self.text_key])}
+
+
+def _window(element, seq_len: int, rng: np.random.Generator | None):
+  """A text example's window ({'bytes' uint8 [seq_len], 'length'}): at a random offset
+  drawn from `rng`, or the first one (rng None); byte-corpus examples pass unchanged."""
+  if DOCUMENT not in element:
+    return element
+  doc = element[DOCUMENT]
+  start = 0 if rng is None else text_windows.random_start(doc.shape[0], seq_len, rng)
+  data, length = text_windows.crop(doc, seq_len, start)
+  return {'bytes': data, 'length': length}
+
+
+@dataclasses.dataclass(frozen=True)
+class WindowAndMask(grain.transforms.RandomMap):
+  """Training: a random window of a text document (byte-corpus windows as stored), then
+  WholeWordMask, both from one generator. Byte corpora draw nothing for the window, so
+  their masks are the same as WholeWordMask's alone."""
+
+  mask: mlm_masking.WholeWordMask
+  seq_len: int
+
+  def random_map(self, element, rng: np.random.Generator):
+    return self.mask.random_map(_window(element, self.seq_len, rng), rng)
 
 
 @dataclasses.dataclass(frozen=True)
 class FixedSeedWholeWordMask(grain.transforms.MapWithIndex):
   """WholeWordMask drawing from np.random.default_rng([seed, example index]): the same
-  masks in every run, whatever the batch size or process count."""
+  masks in every run, whatever the batch size or process count. Text documents are cut
+  to their first window of seq_len bytes first."""
 
   mask: mlm_masking.WholeWordMask
   seed: int
+  seq_len: int = DEFAULTS['seq_len']
 
   def map_with_index(self, index: int, element):
+    element = _window(element, self.seq_len, None)
     return self.mask.random_map(element, np.random.default_rng([self.seed, int(index)]))
 
 
@@ -84,11 +137,13 @@ class MlmTask(Task):
 
   def __init__(self, mask_prob: float = 0.15, mask_token_prob: float = 0.8,
                random_token_prob: float = 0.1, word_definition: str = 'code',
-               eval_mask_seed: int = 1):
+               eval_mask_seed: int = 1, seq_len: int = 2048, text_key: str = 'text'):
     self.masking = mlm_masking.WholeWordMask(
         mask_prob=float(mask_prob), mask_token_prob=float(mask_token_prob),
         random_token_prob=float(random_token_prob), word_definition=word_definition)
     self.eval_mask_seed = int(eval_mask_seed)
+    self.seq_len = int(seq_len)  # text corpora only: bytes per window
+    self.text_key = str(text_key)
 
   @classmethod
   def from_config(cls, config) -> 'MlmTask':
@@ -107,30 +162,48 @@ class MlmTask(Task):
     if m.word_definition not in mlm_masking.WORD_DEFINITIONS:
       raise UserError(f'config.data.word_definition={m.word_definition!r} is unknown; use one '
                       f'of {", ".join(repr(w) for w in mlm_masking.WORD_DEFINITIONS)}.')
+    if self.seq_len < 1:
+      raise UserError(f'config.data.seq_len={self.seq_len!r} must be a positive number of '
+                      'bytes per window, e.g. 2048.')
 
   # -- data -----------------------------------------------------------------------------------
-  def features(self, builder):
+  def _is_text(self, builder) -> bool:
+    """True for a text corpus (a string feature text_key), False for a byte corpus."""
     from perceiver_jax.data.pipeline import DatasetError  # pylint: disable=g-import-not-at-top
     feats = builder.info.features
-    if 'bytes' not in feats or 'length' not in feats or len(feats['bytes'].shape) != 1:
-      raise DatasetError(
-          f"Dataset '{builder.name}' has no 'bytes' [window] and 'length' features, so the "
-          "mlm task cannot read it; use a byte corpus such as python_stdlib, or another "
-          "config.task.")
+    if 'bytes' in feats and 'length' in feats and len(feats['bytes'].shape) == 1:
+      return False
+    if self.text_key in feats and isinstance(feats[self.text_key], tfds.features.Text):
+      return True
+    raise DatasetError(
+        f"Dataset '{builder.name}' has no 'bytes' [window] and 'length' features, so the "
+        f"mlm task cannot read it, nor a text feature {self.text_key!r} "
+        "(config.data.text_key); use a byte corpus such as python_stdlib, a text corpus "
+        "such as c4/en, wikipedia or stdlib_docs, or another config.task.")
+
+  def features(self, builder):
+    if self._is_text(builder):
+      return {self.text_key: ((), 'text')}
+    feats = builder.info.features
     return {'bytes': (tuple(feats['bytes'].shape), np.dtype(feats['bytes'].np_dtype)),
             'length': ((), 'int')}
 
   def input_shape(self, builder):
+    if self._is_text(builder):
+      return (self.seq_len,)
     return tuple(self.features(builder)['bytes'][0])
 
   def num_classes(self, builder):
     return VOCAB_SIZE
 
+  def prepare(self, data_config, builder):
+    return (EncodeDocument(self.text_key),) if self._is_text(builder) else ()
+
   def train_transforms(self, data_config):
-    return (self.masking,)
+    return (WindowAndMask(self.masking, self.seq_len),)
 
   def eval_transforms(self, data_config):
-    return (FixedSeedWholeWordMask(self.masking, self.eval_mask_seed),)
+    return (FixedSeedWholeWordMask(self.masking, self.eval_mask_seed, self.seq_len),)
 
   # -- model and loss --------------------------------------------------------------------------
   def model_inputs(self, batch):
