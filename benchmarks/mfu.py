@@ -15,8 +15,9 @@ Model FLOPs per step are XLA's cost analysis of the same train step lowered with
 attention (a fused cuDNN kernel is a custom call XLA does not count) and before
 optimisation (no rematerialisation). An analytic count of the matmuls (3 x forward) is
 printed beside it. Achieved FLOP/s = model FLOPs / median step time; MFU = achieved / peak,
-the peak from --peak_tflops or PEAK_TFLOPS (dense bf16) by device kind. Parameters and
-AdamW state are float32; --dtype is the compute dtype. Nothing is asserted.
+the peak from --peak_tflops or PEAK_TFLOPS (dense bf16) by device kind; the time the
+recipe's 110 epochs would take at the measured rate is printed too. Parameters and AdamW
+state are float32; --dtype is the compute dtype. Nothing is asserted.
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ TINY = dict(image=(16, 16, 3), num_bands=4, latents=16, width=32, blocks=1, self
 PEAK_TFLOPS = (('H100 PCIe', 756.0), ('H100 NVL', 835.0), ('H100', 989.4), ('H200', 989.4),
                ('A100', 312.0))
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
+IMAGENET_TRAIN_EXAMPLES = 1_281_167  # as configs/_imagenet.py, which needs ml_collections
+IMAGENET_EPOCHS = 110
 
 
 def build(cfg: dict, dtype, attention_impl: str | None) -> Perceiver:
@@ -149,6 +152,11 @@ def main(argv=None):
         f'{analytic_flops(cfg, args.batch):.4g} (analytic matmuls)')
   print(f'median step {median * 1e3:.2f} ms over {args.steps} steps; '
         f'{args.batch / median:.1f} examples/s; achieved {achieved / 1e12:.2f} TFLOP/s')
+  if not args.tiny:
+    # The recipe's length (configs/_imagenet.py): 110 epochs of ImageNet's training split.
+    days = IMAGENET_TRAIN_EXAMPLES * IMAGENET_EPOCHS / (args.batch / median) / 86400
+    print(f'projected {IMAGENET_EPOCHS} epochs of {IMAGENET_TRAIN_EXAMPLES:,} images on this '
+          f'one device at this rate: {days:.1f} days (input pipeline not included)')
   if peak:
     print(f'MFU {achieved / peak:.1%} of {peak / 1e12:.1f} TFLOP/s ({device.device_kind})')
   else:
