@@ -66,3 +66,62 @@ def prepared_data_dir(tmp_path_factory, name: str = 'mnist1d/plain') -> str:
   path = str(tmp_path_factory.mktemp('tfds'))
   pipeline.prepare(name, path)
   return path
+
+
+# Parity with a reference (HF) model, relative to the reference's scale: float32 rounding
+# leaves max |ours - ref| below 2e-6 of max |ref| in every parity fixture (outputs below
+# 6e-7), while the exact GELU in place of the tanh form, even in the decoder alone, moves
+# every output by more than 1.3e-5 of it. tests/test_parity_*.py prove the second claim
+# with with_model_error().
+PARITY_RTOL = 5e-6
+MODEL_ERRORS = ('gelu', 'decoder_gelu', 'decoder_query_residual')
+
+
+def assert_matches_reference(ours, ref, what: str, rtol: float = PARITY_RTOL) -> None:
+  """max |ours - ref| <= rtol * max |ref|, or an AssertionError naming `what`."""
+  import numpy as np
+  ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
+  assert ours.shape == ref.shape, f'{what}: shape {ours.shape}, reference {ref.shape}'
+  diff, scale = float(np.max(np.abs(ours - ref))), float(np.max(np.abs(ref)))
+  assert diff <= rtol * scale, (f'{what}: max |ours - reference| = {diff:.3g} > {rtol:g} x '
+                                f'max |reference| = {rtol * scale:.3g}')
+
+
+def with_model_error(model, error: str):
+  """A copy of `model` with one deliberate error (MODEL_ERRORS): 'gelu' puts the exact GELU
+  in every MLP instead of the tanh form, 'decoder_gelu' in the decoder's only, and
+  'decoder_query_residual' flips use_query_residual in the decoder's cross-attends."""
+  from flax import nnx
+  from perceiver_jax.model.attention import MLP, CrossAttention
+  model = nnx.clone(model)
+  root = model if error == 'gelu' else model.decoder
+  changed = 0
+  for _, module in nnx.iter_modules(root):
+    if error in ('gelu', 'decoder_gelu') and isinstance(module, MLP):
+      assert module.activation == 'gelu_tanh', module.activation
+      module.activation, changed = 'gelu', changed + 1
+    elif error == 'decoder_query_residual' and isinstance(module, CrossAttention):
+      module.use_query_residual, changed = not module.use_query_residual, changed + 1
+  assert changed, f'{error}: nothing to change in this model'
+  return model
+
+
+def outputs_with_model_errors(model, *args, **kwargs) -> dict:
+  """{error: the output of with_model_error(model, error)(*args, **kwargs)} for every
+  MODEL_ERRORS, compiled as one program (one compile on CPU instead of three)."""
+  from flax import nnx
+  broken = [with_model_error(model, error) for error in MODEL_ERRORS]
+  outputs = nnx.jit(lambda ms, a, kw: [m(*a, **kw) for m in ms])(broken, args, kwargs)
+  return dict(zip(MODEL_ERRORS, outputs))
+
+
+def with_random_weights(abstract_model, seed: int = 0, scale: float = 0.5):
+  """An abstractly built model (nnx.eval_shape) given scale * N(0, 1) values in every
+  variable: no op-by-op random initialisation, which costs seconds on CPU."""
+  import numpy as np
+  from perceiver_jax.convert import common
+  rng = np.random.default_rng(seed)
+  variables, _ = common.variable_paths(abstract_model)
+  common.assign_params(abstract_model, {
+      path: scale * rng.standard_normal(v.get_value().shape) for path, v in variables.items()})
+  return abstract_model

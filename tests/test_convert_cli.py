@@ -15,7 +15,7 @@ from perceiver_jax import sharding as shd
 from perceiver_jax.convert import to_checkpoint
 from perceiver_jax.errors import UserError
 from perceiver_jax.model.build import build_model
-from tests.helpers import run_main
+from tests.helpers import assert_matches_reference, run_main
 from tests.test_parity_language import INPUTS, META, OUTPUTS, STATE_DICT, model_config_like_hf
 
 
@@ -71,7 +71,7 @@ def test_converted_checkpoint_restores_to_the_reference_outputs(safetensors_file
   model = nnx.merge(graphdef, restored, rest)
   logits = model(jnp.asarray(INPUTS['input_ids']),
                  input_mask=jnp.asarray(INPUTS['attention_mask'].astype(bool)))
-  assert np.abs(np.asarray(logits) - OUTPUTS['logits']).max() <= 1e-5
+  assert_matches_reference(logits, OUTPUTS['logits'], 'logits after restoring')
 
 
 def test_library_conversion_detects_the_format_and_refuses_to_overwrite(safetensors_file,

@@ -12,6 +12,7 @@ from perceiver_jax.model import build as build_lib
 from perceiver_jax.model import io_processors as io
 from perceiver_jax.model import position_encoding as pe
 from perceiver_jax.model.summary import count_params, format_summary, model_summary
+from tests.helpers import with_random_weights
 
 INPUT_1D = (16, 2)
 
@@ -241,6 +242,23 @@ def test_decoders_yield_logits(name, query_pe):
   logits = run(model, random_inputs((3,) + INPUT_1D))
   assert logits.shape == (3, 5) and logits.dtype == jnp.float32
   assert np.isfinite(np.asarray(logits)).all()
+
+
+def test_projection_decoder_is_a_linear_layer_on_the_mean_latent():
+  cfg = tiny_config()
+  cfg.decoder.name = 'projection'
+  # Random values everywhere: the layer is zero-initialised (logits would be the bias).
+  with nnx.use_eager_sharding(False):
+    model = with_random_weights(nnx.eval_shape(lambda: build(cfg)), seed=4)
+  x = random_inputs((3,) + INPUT_1D)
+  logits, z = nnx.jit(lambda m, x: (m(x), m.encoder(m.preprocessor(x).inputs)))(model, x)
+  assert z.shape == (3, 4, 8)
+  # By hand: the mean over the 4 latents, then [8] x [8, 5] + [5].
+  kernel, bias = (np.asarray(v[...], np.float64)
+                  for v in (model.decoder.logits.kernel, model.decoder.logits.bias))
+  want = np.asarray(z, np.float64).mean(axis=1) @ kernel + bias
+  np.testing.assert_allclose(np.asarray(logits), want, rtol=1e-5, atol=1e-5)
+  assert np.abs(want).max() > 0.1 and np.abs(kernel).min() > 0  # a non-trivial check
 
 
 def test_basic_decoder_many_fourier_queries():

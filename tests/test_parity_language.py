@@ -2,8 +2,9 @@
 
 tests/fixtures/language_perceiver.npz was made by tools/make_parity_fixtures.py (HF at
 tiny dims, every weight perturbed, padded inputs). We convert its state dict, run our
-model and require max |ours - HF| <= 1e-5 on the MLM logits and on the latents; the
-released architecture built at full size must have HF's parameter count.
+model and require max |ours - HF| <= 5e-6 x max |HF| (tests/helpers.py PARITY_RTOL) on the
+MLM logits and on the latents; the released architecture built at full size must have HF's
+parameter count.
 """
 
 import json
@@ -19,10 +20,10 @@ from configs.pretrained import language_perceiver
 from perceiver_jax.convert import assign_params, hf_language
 from perceiver_jax.model.build import build_model
 from perceiver_jax.model.summary import count_params
+from tests.helpers import assert_matches_reference, outputs_with_model_errors
 
 FIXTURE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'fixtures',
                        'language_perceiver.npz')
-TOLERANCE = 1e-5
 
 
 def load_fixture(path=FIXTURE):
@@ -106,8 +107,17 @@ def test_mlm_logits_match_hf(model):
   diff = np.abs(ours - ref).max()
   print(f'language_perceiver logits: max |ours - HF| = {diff:.3g} (max |HF| = '
         f'{np.abs(ref).max():.3g})')
-  assert diff <= TOLERANCE
+  assert_matches_reference(ours, ref, 'MLM logits')
   assert np.abs(ref).max() > 1.0  # outputs are not trivially small
+
+
+def test_logits_check_catches_a_wrong_activation_or_query_residual(model):
+  # test_mlm_logits_match_hf's check fails on models with a deliberate error
+  # (tests/helpers.py MODEL_ERRORS).
+  ids, mask = _inputs()
+  for error, logits in outputs_with_model_errors(model, ids, input_mask=mask).items():
+    with pytest.raises(AssertionError, match='max [|]ours - reference[|]'):
+      assert_matches_reference(logits, OUTPUTS['logits'], f'MLM logits ({error})')
 
 
 def test_latents_match_hf(model):
@@ -116,7 +126,9 @@ def test_latents_match_hf(model):
   d_cross = np.abs(after_cross - OUTPUTS['latents_after_cross_attend']).max()
   d_latents = np.abs(latents - OUTPUTS['latents']).max()
   print(f'language_perceiver latents: after cross-attend {d_cross:.3g}, encoder {d_latents:.3g}')
-  assert d_cross <= TOLERANCE and d_latents <= TOLERANCE
+  assert_matches_reference(after_cross, OUTPUTS['latents_after_cross_attend'],
+                           'latents after the cross-attend')
+  assert_matches_reference(latents, OUTPUTS['latents'], 'latents')
 
 
 def test_query_mask_changes_only_padded_positions(model):
@@ -125,7 +137,7 @@ def test_query_mask_changes_only_padded_positions(model):
   query_mask = jnp.pad(mask, ((0, 0), (0, OUTPUTS['logits'].shape[1] - mask.shape[1])))
   ours = np.asarray(_logits_query_masked(model, ids, mask, query_mask))
   valid = np.asarray(query_mask)
-  assert np.abs(ours - OUTPUTS['logits'])[valid].max() <= TOLERANCE
+  assert_matches_reference(ours[valid], OUTPUTS['logits'][valid], 'logits at real positions')
   assert np.abs(ours - OUTPUTS['logits'])[~valid].max() > 1e-3
 
 
@@ -135,7 +147,7 @@ def test_chunked_decoding_gives_the_same_logits():
   model = converted_model(cfg)
   assert model.decoder.query_chunk_size == 5
   ours = np.asarray(_logits(model, *_inputs()))
-  assert np.abs(ours - OUTPUTS['logits']).max() <= TOLERANCE
+  assert_matches_reference(ours, OUTPUTS['logits'], 'logits decoded in chunks')
 
 
 def test_embedding_is_tied_between_preprocessor_and_decoder(model):

@@ -9,7 +9,6 @@ the released config's structure is what is tested.
 import json
 import os
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -20,9 +19,9 @@ from perceiver_jax.convert import common
 from perceiver_jax.convert import hf_multimodal
 from perceiver_jax.model.build import build_model
 from perceiver_jax.model.summary import count_params
+from tests.helpers import assert_matches_reference, outputs_with_model_errors
 
 FIXTURE = os.path.join(os.path.dirname(__file__), 'fixtures', 'multimodal_perceiver.npz')
-TOLERANCE = 1e-5
 MODALITIES = ('audio', 'image', 'label')
 
 
@@ -100,14 +99,19 @@ def _forward(model, inputs, points):
   return outputs, z
 
 
-def run(model, fixture, label=None):
+def run_inputs(fixture, label=None):
+  """(inputs, subsampled output points) of the fixture, the label replaced by `label`."""
   inputs = {m: jnp.asarray(fixture['inputs'][m]) for m in MODALITIES}
   if label is not None:
     inputs['label'] = label
   points = {'image': jnp.asarray(fixture['inputs']['subsampled_image'], jnp.int32),
             'audio': jnp.asarray(fixture['inputs']['subsampled_audio'], jnp.int32),
             'label': None}
-  return _forward(model, inputs, points)
+  return inputs, points
+
+
+def run(model, fixture, label=None):
+  return _forward(model, *run_inputs(fixture, label))
 
 
 def max_diff(a, b):
@@ -123,10 +127,24 @@ def test_outputs_and_latents_match_hf(fixture, models, variant):
   diffs = {m: max_diff(outputs[m], expected[prefix + m]) for m in MODALITIES}
   diffs['latents'] = max_diff(latents, expected[prefix + 'latents'])
   print(f'{variant}: max |ours - HF| = {diffs}')
-  assert all(d <= TOLERANCE for d in diffs.values()), diffs
+  for m in MODALITIES:
+    assert_matches_reference(outputs[m], expected[prefix + m], f'{variant} {m}')
+  assert_matches_reference(latents, expected[prefix + 'latents'], f'{variant} latents')
   # The fixture is not degenerate: outputs vary and have the reference's shapes.
   assert outputs['image'].shape == (2, 40, 3) and outputs['audio'].shape == (2, 80)
   assert np.std(np.asarray(outputs['image'])) > 1e-2
+
+
+def test_output_check_catches_a_wrong_activation_or_query_residual(fixture, models):
+  # test_outputs_and_latents_match_hf's check of each modality's output fails on models with
+  # a deliberate error (tests/helpers.py MODEL_ERRORS).
+  inputs, points = run_inputs(fixture)
+  broken = outputs_with_model_errors(models['released'], inputs,
+                                     subsampled_output_points=points)
+  for error, outputs in broken.items():
+    for m in MODALITIES:
+      with pytest.raises(AssertionError, match='max [|]ours - reference[|]'):
+        assert_matches_reference(outputs[m], fixture['outputs'][m], f'{m} ({error})')
 
 
 def test_released_masking_hides_the_label_and_unmasked_uses_it(fixture, models):

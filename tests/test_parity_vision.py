@@ -22,11 +22,11 @@ from flax import nnx
 
 from perceiver_jax.convert import common, hf_vision
 from perceiver_jax.model.build import build_model
+from tests.helpers import assert_matches_reference, outputs_with_model_errors
 
 FIXTURES = os.path.join(os.path.dirname(__file__), 'fixtures')
 NAMES = ('vision_perceiver_learned', 'vision_perceiver_fourier', 'vision_perceiver_conv',
          'optical_flow_perceiver')
-TOLERANCE = 1e-5
 
 
 @functools.lru_cache(maxsize=None)
@@ -88,21 +88,37 @@ def max_diff(a, b):
   return float(np.max(np.abs(np.asarray(a, np.float64) - b)))
 
 
+def reference_output(fx):
+  """HF's logits, or flow for the flow model."""
+  return fx['outputs']['flow' if 'flow' in fx['outputs'] else 'logits']
+
+
 @pytest.mark.parametrize('name', NAMES)
 def test_outputs_and_latents_match_hf(name):
   fx = load_fixture(name)
   model, out, latents = converted_outputs(name)
-  expected = fx['outputs']['flow' if 'flow' in fx['outputs'] else 'logits']
+  expected = reference_output(fx)
   assert np.abs(expected).max() > 1e-3  # a zero output would match anything
-  print(f'{name}: max |ours - HF| = {max_diff(out, expected):.3g} (output), '
-        f'{max_diff(latents, fx["outputs"]["latents"]):.3g} (latents)')
-  assert max_diff(out, expected) <= TOLERANCE
-  assert max_diff(latents, fx['outputs']['latents']) <= TOLERANCE
+  print(f'{name}: max |ours - HF| = {max_diff(out, expected):.3g} (output, max |HF| '
+        f'{np.abs(expected).max():.3g}), {max_diff(latents, fx["outputs"]["latents"]):.3g} '
+        f'(latents)')
+  assert_matches_reference(out, expected, f'{name} output')
+  assert_matches_reference(latents, fx['outputs']['latents'], f'{name} latents')
   if name == 'optical_flow_perceiver':
-    # Flow is divided by 100 at the end: hold the values before that to 1e-5 too.
-    rescale = model.decoder.rescale_factor
-    assert rescale == 100.0 and out.shape == (2, 6, 8, 2)
-    assert max_diff(out * rescale, expected * rescale) <= TOLERANCE
+    # Flow is divided by 100 at the end (the comparison above is relative to its scale).
+    assert model.decoder.rescale_factor == 100.0 and out.shape == (2, 6, 8, 2)
+
+
+@pytest.mark.parametrize('name', NAMES)
+def test_output_check_catches_a_wrong_activation_or_query_residual(name):
+  # The check of test_outputs_and_latents_match_hf on the output alone, on models with a
+  # deliberate error (MODEL_ERRORS; the decoder ones leave the latents untouched).
+  fx = load_fixture(name)
+  (x,) = fx['inputs'].values()
+  outputs = outputs_with_model_errors(converted_outputs(name)[0], x)
+  for error, out in outputs.items():
+    with pytest.raises(AssertionError, match='max [|]ours - reference[|]'):
+      assert_matches_reference(out, reference_output(fx), f'{name} output ({error})')
 
 
 def test_flow_decoded_in_chunks_matches_hf():
@@ -110,7 +126,7 @@ def test_flow_decoded_in_chunks_matches_hf():
   model = nnx.clone(converted_outputs('optical_flow_perceiver')[0])
   model.decoder.decoder.query_chunk_size = 20  # 48 pixels: chunks of 20, 20 and 8
   flow = nnx.jit(lambda m, x: m(x))(model, fx['inputs']['frames'])
-  assert max_diff(flow, fx['outputs']['flow']) <= TOLERANCE
+  assert_matches_reference(flow, fx['outputs']['flow'], 'chunked flow')
 
 
 def test_conv_model_uses_running_statistics_in_eval_only():
@@ -244,6 +260,5 @@ def test_exact_gelu_option_reproduces_hf_released_activation():
   common.assign_params(model, hf_vision.convert_hf_state_dict(fx['state_dict'], model))
   out = np.asarray(nnx.jit(lambda m, x: m(x))(model, fx['inputs']['images']))
   exact, tanh = fx['outputs']['logits_exact_gelu'], fx['outputs']['logits']
-  gap = max_diff(exact, tanh)
-  assert gap > 5e-6  # the fixture tells the two activations apart ...
-  assert max_diff(out, exact) <= gap / 20  # ... and the option picks the exact one
+  assert max_diff(exact, tanh) > 5e-6  # the fixture tells the two activations apart ...
+  assert_matches_reference(out, exact, 'exact-GELU logits')  # ... and the option picks it
