@@ -11,6 +11,8 @@ class as `HAIKU_NAMES`; Linear `kernel`/`bias` map to Haiku `w`/`b`, LayerNorm
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 from typing import Any
 
@@ -64,25 +66,83 @@ def make_attention_mask(query_mask: jax.Array | None, kv_mask: jax.Array | None,
   return query_mask.astype(bool)[:, None, :, None] & kv_mask.astype(bool)[:, None, None, :]
 
 
-def attention_weights(q: jax.Array, k: jax.Array, mask: jax.Array | None = None
-                      ) -> jax.Array:
+def attention_weights(q: jax.Array, k: jax.Array, mask: jax.Array | None = None,
+                      scale: float | None = None) -> jax.Array:
   """softmax(q k^T / sqrt(d)) in float32: q [batch, q_len, heads, d], k [batch, kv_len,
   heads, d], mask broadcastable to [batch, heads, q_len, kv_len] -> [batch, heads, q_len,
-  kv_len]. Masked keys get probability 0 (a fully masked row comes out uniform)."""
-  scale = 1.0 / math.sqrt(q.shape[-1])
+  kv_len]. Masked keys get probability 0 (a fully masked row comes out uniform).
+  scale: the logits' factor (None: 1 / sqrt(d))."""
+  scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
   logits = jnp.einsum('bthd,bThd->bhtT', q, k, preferred_element_type=jnp.float32) * scale
   if mask is not None:
     logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
   return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
 
 
-def _attention_reference(q, k, v, mask, dropout_rate, dropout_rng):
+def _attention_reference(q, k, v, mask, dropout_rate, dropout_rng, scale=None):
   """Explicit softmax(q k^T / sqrt(d)) v; used when the fused kernel cannot be."""
-  probs = attention_weights(q, k, mask)
+  probs = attention_weights(q, k, mask, scale)
   if dropout_rate > 0.0 and dropout_rng is not None:
     keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
     probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0)
   return jnp.einsum('bhtT,bThd->bthd', probs.astype(v.dtype), v)
+
+
+def _on_gpu() -> bool:
+  return jax.default_backend() in ('gpu', 'cuda', 'rocm')
+
+
+# Matrix units want widths that are multiples of 8 (16-bit operands: 16-byte rows). The
+# released models' 1-head cross-attends are 261 (or 322) channels wide; on a GPU their
+# products then run on slow unaligned kernels. Attention zero-pads such widths to a
+# multiple of ALIGN_TO inside the block (the parameters keep their shapes; the results are
+# the same up to rounding): see Attention._aligned_call.
+ALIGN_TO = 16
+
+
+def _pad_to_align(width: int) -> int:
+  """Zero padding that makes `width` a multiple of ALIGN_TO, if it is not one of 8."""
+  return 0 if width % 8 == 0 else -width % ALIGN_TO
+
+
+_ALIGN_WIDTHS = contextvars.ContextVar('align_widths', default=None)
+
+
+@contextlib.contextmanager
+def align_widths(enabled: bool | None):
+  """Within the context, pad unaligned attention widths (True), never (False), or on GPUs
+  only (None, the default). Counting model FLOPs uses False (perceiver_jax/flops.py)."""
+  token = _ALIGN_WIDTHS.set(enabled)
+  try:
+    yield
+  finally:
+    _ALIGN_WIDTHS.reset(token)
+
+
+def _align_widths() -> bool:
+  enabled = _ALIGN_WIDTHS.get()
+  return _on_gpu() if enabled is None else enabled
+
+
+def _linear(layer: nnx.Linear, x: jax.Array, kernel: jax.Array, bias: jax.Array | None
+            ) -> jax.Array:
+  """What `layer(x)` computes, with a (padded) kernel and bias of its own."""
+  x, kernel, bias = layer.promote_dtype((x, kernel, bias), dtype=layer.dtype)
+  y = jax.lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())),
+                          precision=layer.precision)
+  return y if bias is None else y + bias
+
+
+def _fused_kernel_applies(q, k, v, mask, use_dropout: bool) -> bool:
+  """Whether cuDNN's fused (flash) attention takes these operands: a GPU, 16-bit
+  operands, equal q/k/v head widths that are a multiple of 8 and at most 128, no mask
+  and no probability dropout (the self-attends of every released model qualify; the
+  1-head cross-attends, 261 or more channels wide, do not)."""
+  head_dim = q.shape[-1]
+  return (_on_gpu() and q.dtype in (jnp.bfloat16, jnp.float16)
+          and q.dtype == k.dtype == v.dtype and mask is None and not use_dropout
+          and k.shape[-1] == v.shape[-1] == head_dim and head_dim % 8 == 0
+          and head_dim <= 128)
 
 
 def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array,
@@ -91,7 +151,8 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array,
                           dropout_rng: jax.Array | None = None,
                           implementation: str | None = None,
                           chunk_size: int | None = None,
-                          auto_chunk_threshold: int | None = None) -> jax.Array:
+                          auto_chunk_threshold: int | None = None,
+                          scale: float | None = None) -> jax.Array:
   """The single attention entry point of the model.
 
   Args:
@@ -101,12 +162,17 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array,
     mask: boolean, broadcastable to [batch, heads, q_len, kv_len]; True = attend.
     dropout_rate: dropout on the attention probabilities (applied iff dropout_rng).
     dropout_rng: PRNG key for that dropout; None = no dropout.
-    implementation: passed to `jax.nn.dot_product_attention` (None lets JAX pick
-      cuDNN on GPU, 'xla' / 'cudnn' force one); ignored on the chunked path.
+    implementation: None chooses per call: cuDNN's fused kernel on a GPU where it
+      applies (`_fused_kernel_applies`), else XLA; 'xla' / 'cudnn' force one (the
+      chunked path, when chosen, takes precedence).
     chunk_size: > 0 = the memory-efficient path (chunked_attention.py), this many keys
       at a time, when kv_len > chunk_size; 0 / None = plain attention.
     auto_chunk_threshold: > 0 = use the chunked path iff q_len * kv_len exceeds it
-      (chunks of chunk_size, or chunked.DEFAULT_CHUNK_SIZE when that is 0).
+      (chunks of chunk_size, or chunked.DEFAULT_CHUNK_SIZE when that is 0). On an
+      accelerator the chunked path is also taken when plain attention's probabilities
+      would not fit comfortably in its memory (chunked.exceeds_memory_budget).
+    scale: the logits' factor; None = 1 / sqrt(qk_head_dim) (pass the unpadded width's
+      when q and k carry zero padding).
 
   Returns:
     [batch, q_len, heads, v_head_dim]. Query rows whose mask is all False are zero
@@ -117,18 +183,35 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array,
     mask = mask.astype(bool)
     mask = mask.reshape((1,) * (4 - mask.ndim) + mask.shape)
   use_dropout = dropout_rate > 0.0 and dropout_rng is not None
-  chunk = chunked.chunk_length(q.shape[1], k.shape[1], chunk_size, auto_chunk_threshold)
+  batch, q_len, heads, _ = q.shape
+  kv_len = k.shape[1]
+  chunk = chunked.chunk_length(q_len, kv_len, chunk_size, auto_chunk_threshold)
+  fused = implementation == 'cudnn' or (
+      implementation is None and _fused_kernel_applies(q, k, v, mask, use_dropout))
+  if not chunk and not fused and chunked.exceeds_memory_budget(batch, heads, q_len, kv_len):
+    chunk = chunk_size or chunked.DEFAULT_CHUNK_SIZE
+    chunk = chunk if chunk < kv_len else 0
   if chunk:
     # Never materialises [batch, heads, q_len, kv_len]; fully masked rows come out 0.
     return chunked.chunked_attention(q, k, v, mask, chunk_size=chunk,
-                                     dropout_rate=dropout_rate, dropout_rng=dropout_rng)
+                                     dropout_rate=dropout_rate, dropout_rng=dropout_rng,
+                                     scale=scale)
   # XLA:CPU lacks the float16 x float16 -> float32 dot that jax's fused float16 path asks for.
   cpu_float16 = q.dtype == jnp.float16 and jax.default_backend() == 'cpu'
   if use_dropout or v.shape[-1] != k.shape[-1] or cpu_float16:
     # The fused kernel has no probability dropout and needs equal qk / v head dims.
-    out = _attention_reference(q, k, v, mask, dropout_rate, dropout_rng)
+    out = _attention_reference(q, k, v, mask, dropout_rate, dropout_rng, scale)
+  elif fused and implementation is None:
+    try:
+      out = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale,
+                                         implementation='cudnn')
+    except (NotImplementedError, ValueError, RuntimeError):
+      # This jax/cuDNN cannot take these shapes after all: XLA computes the same thing.
+      out = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale,
+                                         implementation='xla')
   else:
-    out = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=implementation)
+    out = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale,
+                                       implementation='cudnn' if fused else 'xla')
   if mask is not None:
     # Softmax over an all-masked row is uniform; DeepMind forces such rows to zero.
     valid_row = jnp.any(mask, axis=-1)  # [batch|1, heads|1, q_len|1]
@@ -239,21 +322,62 @@ class Attention(nnx.Module):
                mask: jax.Array | None = None, *, deterministic: bool = True,
                rngs: nnx.Rngs | None = None) -> jax.Array:
     """mask: boolean broadcastable to [batch, heads, q_len, kv_len], True = attend."""
-    q = self._split_heads(self.query(inputs_q))
-    k = self._split_heads(self.key(inputs_kv))
-    v = self._split_heads(self.value(inputs_kv))
     dropout_rng = None
     if not deterministic and self.dropout_prob > 0.0:
       if rngs is None:
         raise ValueError('Attention dropout needs `rngs` when deterministic=False.')
       dropout_rng = rngs.dropout()
+    qk_head = self.query.out_features // self.num_heads
+    v_head = self.value.out_features // self.num_heads
+    widths = (qk_head, v_head, self.key.in_features)
+    if _align_widths() and any(_pad_to_align(w) for w in widths):
+      return self._aligned_call(inputs_q, inputs_kv, mask, dropout_rng)
+    q = self._split_heads(self.query(inputs_q))
+    k = self._split_heads(self.key(inputs_kv))
+    v = self._split_heads(self.value(inputs_kv))
+    out = self._attend(q, k, v, mask, dropout_rng)
+    return self.output(out.reshape(out.shape[:2] + (-1,)))
+
+  def _attend(self, q, k, v, mask, dropout_rng, scale=None) -> jax.Array:
     out = dot_product_attention(q, k, v, mask, dropout_rate=self.dropout_prob,
                                 dropout_rng=dropout_rng,
                                 implementation=self.attention_impl,
                                 chunk_size=self.attention_chunk_size,
-                                auto_chunk_threshold=self.attention_auto_chunk_threshold)
-    out = constrain(out, ('batch', 'length', 'act_heads', 'head_dim'))
-    return self.output(out.reshape(out.shape[:2] + (-1,)))
+                                auto_chunk_threshold=self.attention_auto_chunk_threshold,
+                                scale=scale)
+    return constrain(out, ('batch', 'length', 'act_heads', 'head_dim'))
+
+  def _aligned_call(self, inputs_q, inputs_kv, mask, dropout_rng) -> jax.Array:
+    """__call__ with the key/value inputs' channels and every head zero-padded to
+    multiples of ALIGN_TO: zero rows and columns of the kernels contribute nothing, and
+    the logits keep the unpadded width's 1/sqrt(d), so only the matrix shapes change."""
+    heads = self.num_heads
+
+    def head_columns(layer, in_pad):
+      """The layer's kernel [in (+in_pad), heads * (d + pad)] and bias, per head padded."""
+      d = layer.out_features // heads
+      pad = _pad_to_align(d)
+      kernel = layer.kernel[...].reshape(layer.in_features, heads, d)
+      kernel = jnp.pad(kernel, ((0, in_pad), (0, 0), (0, pad))).reshape(
+          layer.in_features + in_pad, heads * (d + pad))
+      bias = None
+      if layer.bias is not None:
+        bias = jnp.pad(layer.bias[...].reshape(heads, d), ((0, 0), (0, pad))).reshape(-1)
+      return kernel, bias
+
+    kv_pad = _pad_to_align(self.key.in_features)
+    kv = jnp.pad(inputs_kv, ((0, 0),) * (inputs_kv.ndim - 1) + ((0, kv_pad),))
+    q = self._split_heads(_linear(self.query, inputs_q, *head_columns(self.query, 0)))
+    k = self._split_heads(_linear(self.key, kv, *head_columns(self.key, kv_pad)))
+    v = self._split_heads(_linear(self.value, kv, *head_columns(self.value, kv_pad)))
+    qk_head = self.query.out_features // heads
+    out = self._attend(q, k, v, mask, dropout_rng, scale=1.0 / math.sqrt(qk_head))
+    v_head = self.value.out_features // heads
+    kernel = self.output.kernel[...].reshape(heads, v_head, -1)
+    kernel = jnp.pad(kernel, ((0, 0), (0, _pad_to_align(v_head)), (0, 0)))
+    bias = self.output.bias[...] if self.output.bias is not None else None
+    return _linear(self.output, out.reshape(out.shape[:2] + (-1,)),
+                   kernel.reshape(-1, kernel.shape[-1]), bias)
 
 
 class CrossAttention(nnx.Module):

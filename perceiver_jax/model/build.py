@@ -5,7 +5,8 @@ Schema (all fields are in `default_model_config()`; configs start from it):
   num_classes                  int
   dtype                        compute dtype 'float32' | 'bfloat16' | 'float16'; parameters
       stay float32 (param_dtype), LayerNorm statistics, softmax and outputs float32
-  attention_impl               None | 'xla' | 'cudnn' (None lets JAX choose)
+  attention_impl               None | 'xla' | 'cudnn' (None: cuDNN's fused kernel on a GPU
+      where it applies, else XLA; see attention.dot_product_attention)
   attention_chunk_size         > 0: every attention takes keys/values this many at a time
       with an online softmax (chunked_attention.py; memory linear in kv_len, same
       results); 0 = only when attention_auto_chunk_threshold says so
@@ -30,7 +31,8 @@ Schema (all fields are in `default_model_config()`; configs start from it):
       self_attend_widening_factor, qk_channels, v_channels,
       cross_attention_shape_for_attn, use_query_residual, dropout_prob,
       latent_init_scale, cross_attend_every_block, share_cross_attend_weights,
-      remat ('none' | 'full' | 'dots_saveable': what each block keeps for the backward pass)}
+      remat ('none' | 'full' | 'dots_saveable': what each block keeps for the backward pass),
+      scan_blocks (True: the weight-shared blocks run as one jax.lax.scan, compiled once)}
   decoder.name                 'projection' | 'classification' | 'basic' | 'flow'
   decoder (flow only).rescale_factor; queries = the preprocessed inputs, output
       [batch, H, W, output_num_channels (None -> 2)] on the preprocessed grid
@@ -152,7 +154,8 @@ def default_model_config() -> ml_collections.ConfigDict:
           v_channels=_optional(int), cross_attention_shape_for_attn='kv', use_query_residual=True,
           dropout_prob=0.0, latent_init_scale=0.02, cross_attend_every_block=False,
           share_cross_attend_weights=True,
-          remat='none'),  # recompute each block in the backward pass: none | full | dots_saveable
+          remat='none',  # recompute each block in the backward pass: none | full | dots_saveable
+          scan_blocks=True),  # weight-shared blocks as one jax.lax.scan (compiled once)
       decoder=dict(
           name='classification', num_heads=1, qk_channels=_optional(int),
           v_channels=_optional(int), widening_factor=1, use_query_residual=True,
@@ -287,7 +290,8 @@ def build_model(model_config: ml_collections.ConfigDict, *,
         latent_init_scale=enc.latent_init_scale,
         cross_attend_every_block=enc.cross_attend_every_block,
         share_cross_attend_weights=enc.share_cross_attend_weights,
-        attention_impl=impl, remat=enc.get('remat', 'none'), **chunking, **kw)
+        attention_impl=impl, remat=enc.get('remat', 'none'),
+        scan_blocks=enc.get('scan_blocks', True), **chunking, **kw)
     if post_name == 'auto':
       one_query = isinstance(decoder, dec.BasicDecoder) and decoder.num_outputs == 1
       post_name = 'classification' if one_query else 'none'

@@ -39,6 +39,35 @@ def chunk_length(q_len: int, kv_len: int, chunk_size: int | None,
   return chunk_size if 0 < chunk_size < kv_len else 0
 
 
+# On an accelerator, plain attention is replaced by the chunked path when one float32
+# [batch, heads, q_len, kv_len] array (training keeps several: logits, probabilities and
+# their gradients) would exceed this fraction of one device's memory.
+MEMORY_BUDGET_FRACTION = 1 / 16
+
+
+@functools.cache
+def _device_memory_bytes() -> int:
+  """Memory of one local device, or 0 where the backend does not say (CPU)."""
+  try:
+    stats = jax.local_devices()[0].memory_stats()
+  except Exception:  # pylint: disable=broad-except  (backends without memory stats)
+    return 0
+  return int((stats or {}).get('bytes_limit', 0))
+
+
+def exceeds_memory_budget(batch: int, heads: int, q_len: int, kv_len: int) -> bool:
+  """Whether plain attention at this (global) shape should give way to the chunked path.
+
+  The batch is divided over all devices (data parallelism is the usual case), so
+  this errs towards plain attention when the model is instead split over devices.
+  """
+  memory = _device_memory_bytes()
+  if not memory:
+    return False
+  per_device = 4 * batch * heads * q_len * kv_len / max(jax.device_count(), 1)
+  return per_device > MEMORY_BUDGET_FRACTION * memory
+
+
 def dropout_keep(key: jax.Array, chunk_index, rate: float, shape) -> jax.Array:
   """The keep-mask [batch, heads, q_len, chunk] of key/value chunk `chunk_index`."""
   return jax.random.bernoulli(jax.random.fold_in(key, chunk_index), 1.0 - rate, shape)
@@ -47,7 +76,8 @@ def dropout_keep(key: jax.Array, chunk_index, rate: float, shape) -> jax.Array:
 def chunked_attention(q: jax.Array, k: jax.Array, v: jax.Array,
                       mask: jax.Array | None = None, *, chunk_size: int,
                       dropout_rate: float = 0.0,
-                      dropout_rng: jax.Array | None = None) -> jax.Array:
+                      dropout_rng: jax.Array | None = None,
+                      scale: float | None = None) -> jax.Array:
   """softmax(q k^T / sqrt(d)) v, `chunk_size` keys at a time.
 
   Args:
@@ -58,6 +88,7 @@ def chunked_attention(q: jax.Array, k: jax.Array, v: jax.Array,
     chunk_size: keys per chunk; the last chunk is padded with masked keys.
     dropout_rate, dropout_rng: dropout on the attention probabilities (iff rng given);
       chunk i draws its keep-mask from fold_in(dropout_rng, i) (see `dropout_keep`).
+    scale: the logits' factor; None = 1 / sqrt(qk_head_dim).
 
   Returns:
     [batch, q_len, heads, v_head_dim] in v.dtype; rows with no valid key are 0.
@@ -80,14 +111,14 @@ def chunked_attention(q: jax.Array, k: jax.Array, v: jax.Array,
     mask = mask.astype(bool)
   rate = float(dropout_rate) if dropout_rng is not None else 0.0
   key = dropout_rng if rate > 0.0 else None
-  return _attention(q, k, v, mask, key, chunk, kv_len, rate)
+  scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+  return _attention(q, k, v, mask, key, chunk, kv_len, rate, scale)
 
 
-def _chunk_logits(q, k, mask, i, chunk, kv_len):
+def _chunk_logits(q, k, mask, i, chunk, kv_len, scale):
   """Scaled float32 logits [batch, heads, q_len, chunk] of chunk i and their validity."""
   start = i * chunk
   k_c = jax.lax.dynamic_slice_in_dim(k, start, chunk, axis=1)
-  scale = 1.0 / math.sqrt(q.shape[-1])
   logits = jnp.einsum('bthd,bshd->bhts', q, k_c, preferred_element_type=jnp.float32) * scale
   valid = None
   if k.shape[1] > kv_len:  # padded: the tail of the last chunk is not a key
@@ -100,13 +131,13 @@ def _chunk_logits(q, k, mask, i, chunk, kv_len):
   return logits, valid
 
 
-def _forward(q, k, v, mask, key, chunk, kv_len, rate):
+def _forward(q, k, v, mask, key, chunk, kv_len, rate, scale):
   batch, q_len, heads, _ = q.shape
   num_chunks = k.shape[1] // chunk
 
   def body(carry, i):
     m, l, acc = carry  # running max, denominator [b, h, t]; weighted sum [b, h, t, dv]
-    logits, valid = _chunk_logits(q, k, mask, i, chunk, kv_len)
+    logits, valid = _chunk_logits(q, k, mask, i, chunk, kv_len, scale)
     m_new = jnp.maximum(m, jnp.max(jnp.where(valid, logits, -jnp.inf), axis=-1))
     # Rows with no valid key yet keep m = -inf; shift them by 0 so nothing is NaN.
     shift = jnp.where(jnp.isfinite(m_new), m_new, 0.0)
@@ -132,21 +163,20 @@ def _forward(q, k, v, mask, key, chunk, kv_len, rate):
   return out, lse
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
-def _attention(q, k, v, mask, key, chunk, kv_len, rate):
-  out, _ = _forward(q, k, v, mask, key, chunk, kv_len, rate)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7, 8))
+def _attention(q, k, v, mask, key, chunk, kv_len, rate, scale):
+  out, _ = _forward(q, k, v, mask, key, chunk, kv_len, rate, scale)
   return out.astype(v.dtype)
 
 
-def _attention_fwd(q, k, v, mask, key, chunk, kv_len, rate):
-  out, lse = _forward(q, k, v, mask, key, chunk, kv_len, rate)
+def _attention_fwd(q, k, v, mask, key, chunk, kv_len, rate, scale):
+  out, lse = _forward(q, k, v, mask, key, chunk, kv_len, rate, scale)
   # Saved: the inputs, the float32 output and the log-sum-exp; O(q_len) beyond inputs.
   return out.astype(v.dtype), (q, k, v, mask, key, out, lse)
 
 
-def _attention_bwd(chunk, kv_len, rate, residuals, d_out):
+def _attention_bwd(chunk, kv_len, rate, scale, residuals, d_out):
   q, k, v, mask, key, out, lse = residuals
-  scale = 1.0 / math.sqrt(q.shape[-1])
   d_out = d_out.astype(v.dtype)
   # rowsum(P * dP) = d_out . out, also with dropout (dP is masked by the same keep-mask).
   delta = jnp.einsum('bthd,bthd->bht', d_out.astype(jnp.float32), out)
@@ -154,7 +184,7 @@ def _attention_bwd(chunk, kv_len, rate, residuals, d_out):
   def body(grads, i):
     dq, dk, dv = grads
     start = i * chunk
-    logits, valid = _chunk_logits(q, k, mask, i, chunk, kv_len)
+    logits, valid = _chunk_logits(q, k, mask, i, chunk, kv_len, scale)
     p = jnp.where(valid, jnp.exp(logits - lse[..., None]), 0.0)
     k_c = jax.lax.dynamic_slice_in_dim(k, start, chunk, axis=1)
     v_c = jax.lax.dynamic_slice_in_dim(v, start, chunk, axis=1)

@@ -50,6 +50,7 @@ class PerceiverEncoder(nnx.Module):
                cross_attend_every_block: bool = False,
                share_cross_attend_weights: bool = True,
                attention_impl: str | None = None, remat: str = 'none',
+               scan_blocks: bool = True,
                attention_chunk_size: int = 0, attention_auto_chunk_threshold: int = 0,
                dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32,
                rngs: nnx.Rngs):
@@ -57,6 +58,9 @@ class PerceiverEncoder(nnx.Module):
       raise ValueError(f'Unknown encoder remat policy {remat!r}; valid names are '
                        f'{", ".join(repr(r) for r in REMAT_POLICIES)}.')
     self.remat = remat
+    # Weight-shared repeats run as one jax.lax.scan: traced and compiled once, not
+    # num_blocks times (compile time, HLO size); the arithmetic is the same.
+    self.scan_blocks = bool(scan_blocks)
     for heads, what in ((num_self_attend_heads, 'num_self_attend_heads'),
                         (num_cross_attend_heads, 'num_cross_attend_heads')):
       if num_latent_channels % heads:
@@ -130,24 +134,74 @@ class PerceiverEncoder(nnx.Module):
     mask = None
     if input_mask is not None:
       mask = input_mask.astype(bool)[:, None, None, :]  # -> [batch, 1, 1, N]
-    for block in range(self.num_blocks):
-      cross_attend = self._cross_attend_for_block(block)
-      if cross_attend is not None:
-        if attention_probs is not None:
-          attention_probs.append(cross_attend.attention_probs(z, inputs, mask))
-        z = self._call_block(cross_attend, z, inputs, mask, deterministic=deterministic,
-                             rngs=rngs)
-        z = constrain(z, latent_names)
-      for self_attend in self.self_attends:
-        z = self._call_block(self_attend, z, deterministic=deterministic, rngs=rngs)
-        z = constrain(z, latent_names)
+    # The first block has its own cross-attend.
+    z = self._block(0, z, inputs, mask, deterministic=deterministic, rngs=rngs,
+                    attention_probs=attention_probs)
+    # Blocks 1.. share every weight (unless each has its own cross-attend); telemetry
+    # collects per-block probabilities, which a scan cannot hand out.
+    repeats = self.num_blocks - 1
+    if not repeats:
+      return z
+    if (not self.scan_blocks or attention_probs is not None
+        or (self.cross_attend_every_block and not self.share_cross_attend_weights)):
+      for block in range(1, self.num_blocks):
+        z = self._block(block, z, inputs, mask, deterministic=deterministic, rngs=rngs,
+                        attention_probs=attention_probs)
+      return z
+    return self._scan_shared_blocks(z, inputs, mask, repeats, deterministic=deterministic,
+                                    rngs=rngs)
+
+  def _block(self, block: int, z: jax.Array, inputs: jax.Array, mask, *,
+             deterministic: bool, rngs: nnx.Rngs | None,
+             attention_probs: list | None = None) -> jax.Array:
+    """Block `block`: its cross-attend (if any), then the shared self-attends."""
+    latent_names = ('batch', 'latents', 'act_embed')
+    cross_attend = self._cross_attend_for_block(block)
+    if cross_attend is not None:
+      if attention_probs is not None:
+        attention_probs.append(cross_attend.attention_probs(z, inputs, mask))
+      z = self._call_block(cross_attend, z, inputs, mask, deterministic=deterministic,
+                           rngs=rngs)
+      z = constrain(z, latent_names)
+    for self_attend in self.self_attends:
+      z = self._call_block(self_attend, z, deterministic=deterministic, rngs=rngs)
+      z = constrain(z, latent_names)
+    return z
+
+  def _scan_shared_blocks(self, z: jax.Array, inputs: jax.Array, mask, repeats: int, *,
+                          deterministic: bool, rngs: nnx.Rngs | None) -> jax.Array:
+    """Blocks 1..num_blocks-1 (identical weights) as one jax.lax.scan over z."""
+    graphdef, state = nnx.split(self)
+    # Each repeat draws its dropout from its own key, split off the caller's stream.
+    use_dropout = not deterministic and rngs is not None and 'dropout' in rngs
+    keys = jax.random.split(rngs.dropout(), repeats) if use_dropout else None
+
+    def body(z, key):
+      encoder = nnx.merge(graphdef, state)
+      block_rngs = nnx.Rngs(dropout=key) if key is not None else None
+      return encoder._block(1, z, inputs, mask, deterministic=deterministic,
+                            rngs=block_rngs), None
+
+    z, _ = jax.lax.scan(body, z, keys, length=repeats)
     return z
 
   def _call_block(self, block: nnx.Module, *args, deterministic: bool,
                   rngs: nnx.Rngs | None) -> jax.Array:
-    """block(*args), under the configured rematerialisation policy."""
+    """block(*args), under the configured rematerialisation policy.
+
+    Each block draws its dropout from one key split off the caller's stream, with or
+    without rematerialisation (so every policy draws the same masks). The
+    rematerialised form is a pure function of the block's parameters and that key under
+    jax.checkpoint, so it also works inside the scan over shared blocks.
+    """
+    use_dropout = not deterministic and rngs is not None and 'dropout' in rngs
+    key = rngs.dropout() if use_dropout else None
     if self.remat == 'none':
-      return block(*args, deterministic=deterministic, rngs=rngs)
-    def run(block, rngs, *args):
-      return block(*args, deterministic=deterministic, rngs=rngs)
-    return nnx.remat(run, policy=REMAT_POLICIES[self.remat])(block, rngs, *args)
+      block_rngs = nnx.Rngs(dropout=key) if key is not None else None
+      return block(*args, deterministic=deterministic, rngs=block_rngs)
+    graphdef, params = nnx.split(block)
+
+    def run(params, key, *args):
+      block_rngs = nnx.Rngs(dropout=key) if key is not None else None
+      return nnx.merge(graphdef, params)(*args, deterministic=deterministic, rngs=block_rngs)
+    return jax.checkpoint(run, policy=REMAT_POLICIES[self.remat])(params, key, *args)
