@@ -52,6 +52,12 @@ def get_config() -> ml_collections.ConfigDict:
       normalize=(0.0, 1.0),     # inputs -> (x - mean) / std
       augment='',               # '' | 'random_shift' (training examples only)
       max_shift=1,              # random_shift: largest translation per index axis
+      # Host reading: threads or worker processes building whole batches ahead (0 = none,
+      # read in the training loop's thread), and batches held ready by grain.
+      read_threads=0,
+      worker_count=0,           # > 0: grain worker processes (CPU-heavy augmentation)
+      prefetch=0,
+      device_prefetch=2,        # batches copied to the devices ahead of the step using them
   ))
 
   config.model = default_model_config()

@@ -64,9 +64,16 @@ def _train_and_evaluate(config, workdir: str, cleanup: contextlib.ExitStack) -> 
     logging.info('Model: %s', format_summary(summary).replace('\n', '; '))
     logging.info('Mesh %s; %s', dict(mesh.shape), shd.describe(shardings, state))
 
-  train_iter = pipeline.make_train_iterator(
-      config.data, global_batch_size=int(config.train.batch_size), seed=int(config.seed),
-      process_index=jax.process_index(), process_count=jax.process_count(), task=task)
+  to_global = lambda batch: pipeline.to_global(batch, shd.batch_sharding(mesh))
+  # Batches arrive on the devices ahead of their step; the checkpointed position is the
+  # number of batches the loop took, so a resume continues exactly.
+  train_iter = pipeline.DeviceBatches(
+      pipeline.make_train_dataset(
+          config.data, global_batch_size=int(config.train.batch_size), seed=int(config.seed),
+          process_index=jax.process_index(), process_count=jax.process_count(), task=task),
+      to_global, data_config=config.data,
+      prefetch=int(config.data.get('device_prefetch', 2)))
+  cleanup.callback(train_iter.close)
   if start_step:
     # The newest checkpoint that reads back whole; damaged newer ones are moved aside.
     start_step, state = ckpt.restore_newest(manager, workdir, state, train_iter)
@@ -84,7 +91,6 @@ def _train_and_evaluate(config, workdir: str, cleanup: contextlib.ExitStack) -> 
   train_step = steps.make_train_step(spec, tx, schedule, config, mesh, shardings, task)
   eval_step = steps.make_eval_step(spec, mesh, shardings.params, shardings.model_state,
                                    rules=config.sharding.rules, task=task)
-  to_global = lambda batch: pipeline.to_global(batch, shd.batch_sharding(mesh))
   log = MetricsLog(workdir, start_step=start_step)
   log.write_run_info(start_step, summary, dict(mesh.shape))  # read by perceiver-report
   telemetry = Telemetry.create(config, spec, mesh, shardings, workdir, log)  # None: off
@@ -118,8 +124,13 @@ def _train_and_evaluate(config, workdir: str, cleanup: contextlib.ExitStack) -> 
   stop = cleanup.enter_context(preemption.StopRequest())
   preempted = False
   while step < stop_step:
-    batch = to_global(next(train_iter))
-    state, metrics = train_step(state, batch)
+    # Nothing here waits for the devices: the step is dispatched and the loop goes on
+    # (log, eval and save steps read results; see nonfinite.py and preemption.py).
+    state, metrics = train_step(state, next(train_iter))
+    if step == start_step:
+      # The first call compiled the step (and the data readers started); throughput is
+      # timed from here, so the first log window is not a measure of compilation.
+      window_start = time.perf_counter()
     step += 1
     window_steps += 1
     metrics = watch.add(step, metrics)

@@ -22,14 +22,17 @@ the mesh.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import fcntl
 import io
+import json
 import logging as std_logging
 import os
 import sys
 
+from absl import flags
 from absl import logging
 import grain
 import jax
@@ -352,16 +355,11 @@ def _shuffle_seed(seed: int) -> int:
   return int(np.random.SeedSequence(seed).generate_state(1)[0])
 
 
-def make_train_iterator(data_config, *, global_batch_size: int, seed: int,
-                        process_index: int = 0, process_count: int = 1, task=None
-                        ) -> grain.DatasetIterator:
-  """Infinite iterator over this process's part of the training batches.
-
-  Yields the task's batches (classification: `inputs` float32 [L, *input_shape]
-  and `label` int32 [L]), L = global_batch_size // process_count. Each epoch is
-  a fresh permutation derived from `seed`; `get_state()`/`set_state()` save and
-  restore the exact position.
-  """
+def make_train_dataset(data_config, *, global_batch_size: int, seed: int,
+                       process_index: int = 0, process_count: int = 1, task=None
+                       ) -> grain.MapDataset:
+  """This process's training batches as an infinite, random-access grain MapDataset:
+  element i is the process's part of global batch i (see make_train_iterator)."""
   task = _task_or_default(task)
   local = _local_batch_size(global_batch_size, process_index, process_count)
   ops = task.train_transforms(data_config)  # a bad setting fails before data is read
@@ -375,8 +373,90 @@ def make_train_iterator(data_config, *, global_batch_size: int, seed: int,
   # Batch-level random ops (e.g. MixUp) draw from (hashed seed, op, chunk c): resumable,
   # unrelated to the per-example draws, and never shared by two processes' chunks.
   ds = _apply(ds, task.batch_transforms(data_config), _shuffle_seed(seed))
-  ds = ds[process_index::process_count]
+  return ds[process_index::process_count]
+
+
+def make_train_iterator(data_config, *, global_batch_size: int, seed: int,
+                        process_index: int = 0, process_count: int = 1, task=None
+                        ) -> grain.DatasetIterator:
+  """Infinite iterator over this process's part of the training batches.
+
+  Yields the task's batches (classification: `inputs` float32 [L, *input_shape]
+  and `label` int32 [L]), L = global_batch_size // process_count. Each epoch is
+  a fresh permutation derived from `seed`; `get_state()`/`set_state()` save and
+  restore the exact position.
+  """
+  ds = make_train_dataset(data_config, global_batch_size=global_batch_size, seed=seed,
+                          process_index=process_index, process_count=process_count,
+                          task=task)
   return iter(ds.to_iter_dataset(_read_options(data_config)))
+
+
+class DeviceBatches:
+  """The training loop's batches: read on the host, already on the devices when used.
+
+  Host batches come from grain (`data.read_threads` threads, or `data.worker_count`
+  processes, building whole batches ahead); each is handed to `to_global` (an
+  asynchronous host-to-device copy) `prefetch` steps before the loop takes it, so the
+  copy and the host work overlap the steps still running on the devices.
+
+  The position is the number of batches the loop has taken (grain's own
+  {'next_index': n} of the dataset), not how far the prefetch has read, so a checkpoint
+  resumes exactly; it does not depend on the thread or worker count. Implements the
+  get_state/set_state/start_prefetch protocol of grain's Orbax checkpoint handler.
+  """
+
+  def __init__(self, dataset: grain.MapDataset, to_global, *, data_config=None,
+               prefetch: int = 2):
+    self._dataset = dataset
+    self._to_global = to_global
+    self._read_options = _read_options(data_config)
+    self._workers = int(getattr(data_config, 'worker_count', 0) or 0)
+    if self._workers < 0 or prefetch < 0:
+      raise DatasetError(f'config.data.worker_count ({self._workers}) and the device '
+                         f'prefetch ({prefetch}) must be >= 0.')
+    self._prefetch = int(prefetch)
+    self._next_index = 0   # batches taken by the loop
+    self._host = None      # grain iterator from self._next_index + len(self._queue)
+    self._queue = collections.deque()
+
+  def _start(self) -> None:
+    ds = self._dataset[self._next_index:].to_iter_dataset(self._read_options)
+    if self._workers:
+      if not flags.FLAGS.is_parsed():  # grain's workers read absl flags (library use)
+        flags.FLAGS.mark_as_parsed()
+      ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=self._workers))
+    self._host = iter(ds)
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    if self._host is None:
+      self._start()
+    while len(self._queue) <= self._prefetch:
+      self._queue.append(self._to_global(next(self._host)))
+    self._next_index += 1
+    return self._queue.popleft()
+
+  def close(self) -> None:
+    """Stops the host readers (worker processes) and drops prefetched batches."""
+    if self._host is not None and hasattr(self._host, 'close'):
+      self._host.close()
+    self._host = None
+    self._queue.clear()
+
+  def get_state(self) -> bytes:
+    return json.dumps({'next_index': self._next_index}).encode()
+
+  def set_state(self, state) -> None:
+    if isinstance(state, (bytes, str)):
+      state = json.loads(state)
+    self.close()
+    self._next_index = int(state['next_index'])
+
+  def start_prefetch(self) -> None:
+    """Part of grain's checkpoint protocol; reading starts at the first batch taken."""
 
 
 def make_eval_iterator(data_config, split: str, *, global_batch_size: int,
