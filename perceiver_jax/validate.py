@@ -108,6 +108,9 @@ def _check_data(config) -> None:
                       'dataset, e.g. train or test.')
   _choice(config, 'data.augment', tuple(transforms.AUGMENTATIONS))
   _at_least(config, 'data.max_shift', 0)
+  for name in ('read_threads', 'worker_count', 'prefetch', 'device_prefetch'):
+    if name in data:
+      _at_least(config, f'data.{name}', 0)
   normalize = data.get('normalize', (0.0, 1.0))
   std = normalize[1] if isinstance(normalize, (tuple, list)) and len(normalize) == 2 else None
   stds = std if isinstance(std, (tuple, list)) else (std,)
