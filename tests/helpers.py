@@ -125,3 +125,62 @@ def with_random_weights(abstract_model, seed: int = 0, scale: float = 0.5):
   common.assign_params(abstract_model, {
       path: scale * rng.standard_normal(v.get_value().shape) for path, v in variables.items()})
   return abstract_model
+
+def assert_params_close(got, want, lr_sum: float) -> None:
+  """Two runs' parameter trees equal to float32 rounding, leaf by leaf (rtol 1e-5,
+  atol 1e-7): runs that differ only in reduction order (another mesh or process count).
+
+  Attention key biases are the exception: softmax ignores them, so their gradient is
+  rounding noise that Adam scales up to steps of about the learning rate; they only need
+  to stay within `lr_sum`, the summed learning rate of the steps taken.
+  """
+  import jax
+  import numpy as np
+  assert jax.tree.structure(got) == jax.tree.structure(want)
+  for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(got)[0], jax.tree.leaves(want)):
+    name = jax.tree_util.keystr(path)
+    if "['key']['bias']" in name:
+      np.testing.assert_allclose(a, b, rtol=0, atol=lr_sum, err_msg=name)
+    else:
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7, err_msg=name)
+
+
+def train_steps(workdir: str) -> list[int]:
+  """Steps of the train records in WORKDIR/metrics.jsonl so far, for polling a running
+  train.py (no file yet, or a half-written last line, is ignored)."""
+  import json
+  steps = []
+  try:
+    with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+      for line in f:
+        try:
+          record = json.loads(line)
+        except ValueError:
+          continue
+        if record.get('split') == 'train':
+          steps.append(record['step'])
+  except FileNotFoundError:
+    pass
+  return steps
+
+
+def complete_steps(workdir: str) -> list[int]:
+  """Steps of the checkpoints Orbax has finished writing (renamed into place), oldest first."""
+  from perceiver_jax import checkpoint as ckpt
+  directory = ckpt.checkpoint_dir(workdir)
+  names = os.listdir(directory) if os.path.isdir(directory) else []
+  return sorted(int(n) for n in names if n.isdigit())
+
+
+def truncate_array_files(directory: str) -> int:
+  """Cuts every array data file (OCDBT's d/ directories) under `directory` in half;
+  returns how many there were."""
+  count = 0
+  for root, _, names in os.walk(directory):
+    for name in names if os.path.basename(root) == 'd' else ():
+      path = os.path.join(root, name)
+      with open(path, 'r+b') as f:
+        f.truncate(os.path.getsize(path) // 2)
+      count += 1
+  return count
+

@@ -26,7 +26,8 @@ from perceiver_jax import sharding as shd
 from perceiver_jax import state as state_lib
 from perceiver_jax.data import pipeline
 from perceiver_jax.errors import UserError
-from tests.helpers import ROOT, TINY, flags_for, prepared_data_dir, run_main, tiny_mnist1d_config
+from tests.helpers import (ROOT, TINY, complete_steps, flags_for, prepared_data_dir, run_main,
+                           tiny_mnist1d_config, train_steps, truncate_array_files)
 
 NUM_STEPS = 16
 # Checkpoint every 2 steps, asynchronously, keeping 3: kills land mid-save and mid-delete.
@@ -88,30 +89,6 @@ class Trainer:
   def stdout(self) -> str:
     with open(self.out_path) as f:
       return f.read()
-
-
-def train_steps(workdir) -> list[int]:
-  """Steps of the train records in metrics.jsonl (a half-written last line is ignored)."""
-  steps = []
-  try:
-    with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-      for line in f:
-        try:
-          record = json.loads(line)
-        except ValueError:
-          continue
-        if record.get('split') == 'train':
-          steps.append(record['step'])
-  except FileNotFoundError:
-    pass
-  return steps
-
-
-def complete_steps(workdir) -> list[int]:
-  """Steps Orbax has finished writing (renamed into place), oldest first."""
-  directory = ckpt.checkpoint_dir(workdir)
-  names = os.listdir(directory) if os.path.isdir(directory) else []
-  return sorted(int(n) for n in names if n.isdigit())
 
 
 def partial_saves(workdir) -> set[str]:
@@ -263,17 +240,8 @@ def test_sigterm_saves_exits_0_and_the_rerun_resumes_past_a_damaged_checkpoint(
 # ------------------------------------------------------------------------------------------
 
 
-def _truncate_array_files(step_dir):
-  """Cuts every array data file (OCDBT's d/ directories) of the state in half."""
-  for root, _, names in os.walk(os.path.join(step_dir, 'state')):
-    for name in names if os.path.basename(root) == 'd' else ():
-      path = os.path.join(root, name)
-      with open(path, 'r+b') as f:
-        f.truncate(os.path.getsize(path) // 2)
-
-
 DAMAGE = {
-    'truncated array files': _truncate_array_files,
+    'truncated array files': lambda d: truncate_array_files(os.path.join(d, 'state')),
     'missing state/': lambda d: shutil.rmtree(os.path.join(d, 'state')),
     'missing data/': lambda d: shutil.rmtree(os.path.join(d, 'data')),
     'garbage metadata': lambda d: open(os.path.join(d, 'state', '_METADATA'), 'wb').write(

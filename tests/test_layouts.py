@@ -1,6 +1,7 @@
-"""Sharding layouts on 8 fake CPU devices: data parallel, FSDP, tensor parallel, and a mix.
+"""Sharding layouts on 8 fake CPU devices: data parallel, FSDP, tensor parallel, and mixes.
 
-Each layout trains the same 5 steps as one device (same loss to 1e-5), places every
+Each layout trains the same 3 steps as one device (same losses to 1e-5, same final
+parameters to float32 rounding: tests/helpers.assert_params_close), places every
 parameter's shard as its logical names ask, and keeps activations batch-sharded (no
 all-gather of activations over the batch in the compiled step).
 """
@@ -16,12 +17,12 @@ from perceiver_jax import state as state_lib
 from perceiver_jax import steps
 from perceiver_jax.errors import UserError
 from perceiver_jax.optim import make_optimizer
-from tests.helpers import tiny_mnist1d_config
+from tests.helpers import assert_params_close, tiny_mnist1d_config
 
 # 56 = 8 x 7: the per-device batch (7 with fsdp=8, 14 with data x fsdp = 4) is a factor no
 # model dim has, so an all-gather over the batch shows up as a multiple of it.
 BATCH = 56
-NUM_STEPS = 5
+NUM_STEPS = 3
 INPUT_SHAPE = (40, 1)
 
 # Per-device shard shape of a few parameters in each layout. The TINY model: 32 latent
@@ -44,6 +45,12 @@ LAYOUTS = {
     'fsdp=8': ('fsdp', {}, [(4, 32), (32, 4), (4, 32), (32,), (32, 4), (4, 25),
                             (25, 25),  # 25 channels do not split 8 ways: replicated
                             (4, 10), (8, 4)]),
+    'tensor=8': ('tp', {}, [(32, 4), (4, 32), (32, 4), (4,), (4, 32), (32, 25), (25, 25),
+                            (32, 10),  # 10 classes do not split 8 ways: replicated
+                            (8, 32)]),
+    'fsdp=4 x tensor=2': ('fsdp_tp', {'tensor': 2},
+                          [(8, 16), (16, 8), (8, 16), (16,), (16, 8), (8, 25),
+                           (25, 25), (8, 5), (8, 8)]),
     'dp=2 x fsdp=2 x tensor=2': ('dp_fsdp_tp', {'fsdp': 2, 'tensor': 2},
                                  [(16, 16), (16, 16), (16, 16), (16,), (16, 16),
                                   (16, 25),  # one head: its channels stay whole
@@ -64,9 +71,12 @@ def _batches():
            'label': rng.integers(0, 10, BATCH).astype(np.int32)} for _ in range(NUM_STEPS)]
 
 
-def _train(config, mesh):
-  """(losses of NUM_STEPS steps, final state, compiled step's HLO text)."""
-  state, shardings, spec, tx, schedule = state_lib.create_train_state(config, INPUT_SHAPE, mesh)
+def _train(config, mesh, initial):
+  """(losses of NUM_STEPS steps, final state, compiled step's HLO text), starting from
+  `initial` (a host copy of a state) placed as this mesh shards it."""
+  _, shardings, spec, tx, schedule = state_lib.create_train_state(config, INPUT_SHAPE, mesh,
+                                                                  initialise=False)
+  state = jax.device_put(initial, shardings)  # one initialisation compiled for all layouts
   train_step = steps.make_train_step(spec, tx, schedule, config, mesh, shardings)
   batches = [jax.device_put(b, shd.batch_sharding(mesh)) for b in _batches()]
   compiled = train_step.lower(state, batches[0]).compile()
@@ -83,22 +93,34 @@ def _by_name(tree):
 
 
 @pytest.fixture(scope='module')
-def single_device_losses():
+def single_device_run():
+  """The reference of every layout: (initial state, losses, final parameters) of one
+  device, on the host, and the summed learning rate of its steps.
+
+  Sharded initialisation itself is compared with one device in tests/test_training.py.
+  """
   config = _config()
   mesh = shd.make_mesh({'data': 1, 'fsdp': 1, 'tensor': 1}, devices=jax.devices()[:1])
-  losses, _, _ = _train(config, mesh)
+  initial, *_ = state_lib.create_train_state(config, INPUT_SHAPE, mesh)
+  initial = jax.device_get(initial)
+  losses, state, _ = _train(config, mesh, initial)
   assert losses[-1] < losses[0]  # it trains, so equal losses say something
-  return losses
+  _, schedule = make_optimizer(config.optimizer, int(config.train.num_steps))
+  lr_sum = sum(float(schedule(step)) for step in range(NUM_STEPS))
+  return initial, losses, jax.device_get(state.params), lr_sum
 
 
 @pytest.mark.parametrize('name', list(LAYOUTS))
-def test_layout_matches_one_device_and_shards_as_named(name, single_device_losses):
+def test_layout_matches_one_device_and_shards_as_named(name, single_device_run):
   layout, mesh_sizes, want_shards = LAYOUTS[name]
   config = _config(layout, **mesh_sizes)
   mesh = shd.mesh_from_config(config)
   assert mesh.size == 8
-  losses, state, hlo = _train(config, mesh)
-  np.testing.assert_allclose(losses, single_device_losses, rtol=1e-5)
+  initial, want_losses, want_params, lr_sum = single_device_run
+  losses, state, hlo = _train(config, mesh, initial)
+  np.testing.assert_allclose(losses, want_losses, rtol=1e-5)
+  # Every parameter, not only the loss: an update wrong on some shards shows here first.
+  assert_params_close(jax.device_get(state.params), want_params, lr_sum)
 
   params = _by_name(state.params)
   mu = _by_name(state.opt_state)  # AdamW moments: sharded like their parameters
@@ -117,7 +139,7 @@ def test_layout_matches_one_device_and_shards_as_named(name, single_device_losse
   gathered = [dims for r in results for dims in re.findall(r'\[([0-9,]*)\]', r)]
   dims = {int(d) for shape in gathered for d in shape.split(',') if d}
   assert not {d for d in dims if d > local_batch and d % local_batch == 0}, (name, gathered)
-  if layout != 'dp':
+  if mesh.shape['fsdp'] > 1:
     assert gathered  # FSDP gathers the weights it needs
 
 

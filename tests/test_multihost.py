@@ -1,8 +1,11 @@
 """Multi-process training: 2 processes x 4 CPU devices train, checkpoint, restart and resume
-exactly like 1 process x 8 devices; and the multi-process settings resolve as documented."""
+exactly like 1 process x 8 devices; a SIGTERM to one process stops both at one step with one
+checkpoint, and a damaged newest checkpoint is set aside once and both resume from the one
+before; and the multi-process settings resolve as documented."""
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -20,12 +23,17 @@ from perceiver_jax import trainer
 from perceiver_jax.data import pipeline
 from perceiver_jax.errors import UserError
 from perceiver_jax.metrics_log import read
-from tests.helpers import ROOT, TINY, flags_for, run_main, tiny_mnist1d_config
+from perceiver_jax.optim import make_schedule
+from tests.helpers import (ROOT, TINY, assert_params_close, complete_steps, flags_for,
+                           prepared_data_dir, run_main, tiny_mnist1d_config, train_steps,
+                           truncate_array_files)
 
 NUM_STEPS = 4
-# fsdp spans both processes (devices 0-3 are process 0's), tensor stays inside each.
+# fsdp spans both processes (devices 0-3 are process 0's), tensor stays inside each. A
+# constant learning rate after warmup keeps train.num_steps out of the compiled step, so the
+# longer preempted run below reuses this one's compilations (cache_dir).
 OVERRIDES = {'train.num_steps': NUM_STEPS, 'checkpoint.every_steps': 2,
-             'mesh.data': 1, 'mesh.fsdp': 4, 'mesh.tensor': 2}
+             'mesh.data': 1, 'mesh.fsdp': 4, 'mesh.tensor': 2, 'optimizer.schedule': 'constant'}
 PHASE_TIMEOUT_S = 240  # a hung collective fails the test instead of hanging CI
 
 
@@ -58,6 +66,15 @@ class _Processes:
              f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2',
              f'--process_id={i}'], cwd=ROOT, env=env, stdout=out, stderr=err))
 
+  def wait_for(self, condition, timeout: float = PHASE_TIMEOUT_S) -> None:
+    """Polls `condition()` every 10 ms; kills both and fails if a process ends first."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+      if any(p.poll() is not None for p in self.procs) or time.monotonic() > deadline:
+        self.wait(timeout=1)  # raises with both stderr tails (or kills both)
+        raise AssertionError('2-process run ended before the condition held')
+      time.sleep(0.01)
+
   def wait(self, timeout: float = PHASE_TIMEOUT_S) -> list[tuple[str, str]]:
     """(stdout, stderr) of each process; kills both and fails on a timeout or an exit != 0."""
     deadline = time.monotonic() + timeout
@@ -81,14 +98,23 @@ class _Processes:
 
 
 @pytest.fixture(scope='module')
-def runs(tmp_path_factory):
+def data_dir(tmp_path_factory):
+  return prepared_data_dir(tmp_path_factory)
+
+
+@pytest.fixture(scope='module')
+def cache_dir(tmp_path_factory):
+  """JAX's persistent compilation cache, shared by this module's processes."""
+  return str(tmp_path_factory.mktemp('jax_cache'))
+
+
+@pytest.fixture(scope='module')
+def runs(data_dir, cache_dir, tmp_path_factory):
   """The same config trained (a) by 2 processes, stopped at step 2 and restarted, then
   evaluated by eval.py on 2 processes; (b) straight through by 1 process x 8 devices."""
   root = tmp_path_factory.mktemp('multihost')
-  data_dir = str(root / 'tfds')
-  pipeline.prepare('mnist1d/plain', data_dir)
   overrides = {**TINY, **OVERRIDES, 'data.data_dir': data_dir}
-  multi, single, cache = str(root / 'multi'), str(root / 'single'), str(root / 'jax_cache')
+  multi, single, cache = str(root / 'multi'), str(root / 'single'), cache_dir
   args = ['--config=configs/mnist1d.py', f'--workdir={multi}', *flags_for(overrides)]
 
   first = _Processes('train.py', [*args, '--config.train.max_steps_per_run=2'],
@@ -123,17 +149,9 @@ def _restore(workdir, step, overrides, with_data=False):
   return state, iterator
 
 
-def _assert_params_close(got, want):
-  """Parameters equal to float32 rounding. Attention key biases are the exception: softmax
-  ignores them, so their gradient is rounding noise that Adam scales up to steps of about
-  the learning rate; they only need to stay within the summed learning rate."""
-  lr_sum = 0.004  # warmup to 2e-3 at step 2, cosine after: 0 + 1e-3 + 2e-3 + 1e-3
-  for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(got)[0], jax.tree.leaves(want)):
-    name = jax.tree_util.keystr(path)
-    if "['key']['bias']" in name:
-      np.testing.assert_allclose(a, b, rtol=0, atol=lr_sum, err_msg=name)
-    else:
-      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7, err_msg=name)
+# The summed learning rate of the NUM_STEPS steps (tests/helpers.assert_params_close).
+LR_SUM = sum(float(make_schedule(tiny_mnist1d_config(**OVERRIDES).optimizer, NUM_STEPS)(step))
+             for step in range(NUM_STEPS))
 
 
 def test_two_processes_train_and_resume_like_one_process(runs):
@@ -162,7 +180,7 @@ def test_two_processes_train_and_resume_like_one_process(runs):
   got, _ = _restore(runs['multi'], NUM_STEPS, runs['overrides'])
   want, _ = _restore(runs['single'], NUM_STEPS, runs['overrides'])
   assert int(got.step) == int(want.step) == NUM_STEPS
-  _assert_params_close(got.params, want.params)
+  assert_params_close(got.params, want.params, LR_SUM)
   # config.json comes from process 0 alone and describes the run.
   with open(os.path.join(runs['multi'], 'config.json')) as f:
     assert json.load(f)['mesh'] == {'data': 1, 'fsdp': 4, 'tensor': 2}
@@ -190,7 +208,7 @@ def test_two_process_checkpoint_resumes_on_one_process(runs):
   state, iterator = _restore(runs['multi'], 2, runs['overrides'], with_data=True)
   reference, _ = _restore(runs['single'], 2, runs['overrides'])
   assert int(state.step) == 2
-  _assert_params_close(state.params, reference.params)
+  assert_params_close(state.params, reference.params, LR_SUM)
   config = tiny_mnist1d_config(**runs['overrides'])
   fresh = pipeline.make_train_iterator(config.data, global_batch_size=16, seed=config.seed)
   for _ in range(2):
@@ -198,6 +216,84 @@ def test_two_process_checkpoint_resumes_on_one_process(runs):
   got, want = next(iterator), next(fresh)
   np.testing.assert_array_equal(got['inputs'], want['inputs'])
   np.testing.assert_array_equal(got['label'], want['label'])
+
+
+# --------------------------------------------------------------------------------------
+# Preemption and damaged checkpoints: the processes must agree.
+# --------------------------------------------------------------------------------------
+
+# Long enough that the signal always lands mid-run; the run stops a step or two after it.
+PREEMPTED = {'train.num_steps': 1000}
+
+
+def _final(out: str) -> dict:
+  """train.py's last stdout line (gloo prints its own lines before it)."""
+  return json.loads(out.strip().splitlines()[-1])['final_eval']
+
+
+@pytest.fixture(scope='module')
+def preempted(data_dir, cache_dir, tmp_path_factory):
+  """2 processes training; process 1 alone gets SIGTERM once step 3 is logged (so
+  checkpoint 2 exists). Returns (workdir, train.py args, each process's (stdout, stderr),
+  the complete checkpoint steps, the fixture's directory)."""
+  root = tmp_path_factory.mktemp('preempted')
+  workdir = str(root / 'run')
+  args = ['--config=configs/mnist1d.py', f'--workdir={workdir}',
+          *flags_for({**TINY, **OVERRIDES, **PREEMPTED, 'data.data_dir': data_dir})]
+  run = _Processes('train.py', args, str(root / 'logs1'), cache_dir)
+  run.wait_for(lambda: train_steps(workdir)[-1:] >= [3])
+  # Process 1 never writes the metrics: process 0 learns of the signal only from it.
+  run.procs[1].send_signal(signal.SIGTERM)
+  outputs = run.wait()
+  return workdir, args, outputs, complete_steps(workdir), root
+
+
+def test_sigterm_to_one_process_stops_both_at_one_step_with_one_checkpoint(preempted):
+  workdir, _, ((out0, err0), (out1, err1)), saved, _ = preempted
+  stopped = [_final(out0), _final(out1)]
+  step = stopped[0]['step']
+  assert stopped == [{'step': step, 'stopped_early': True,
+                      'preempted': 'a signal on another process'},
+                     {'step': step, 'stopped_early': True, 'preempted': 'SIGTERM'}]
+  assert 3 <= step < PREEMPTED['train.num_steps']
+  assert (f'Received a signal on another process at step {step}; saved checkpoint {step} in '
+          f'{ckpt.checkpoint_dir(workdir)}') in err0
+  assert 'Received SIGTERM; stopping after the current step' in err1
+  # One checkpoint of that step, written by both (off the every-2-steps schedule if odd),
+  # and nothing trained past it; one writer logged each step once.
+  assert saved[-1] == step and all(s % 2 == 0 for s in saved[:-1])
+  step_dir = os.path.join(ckpt.checkpoint_dir(workdir), str(step))
+  assert sorted(os.listdir(os.path.join(step_dir, 'data'))) == [
+      'commit_success.txt', 'process_0-of-2.json', 'process_1-of-2.json']
+  assert {'ocdbt.process_0', 'ocdbt.process_1'} <= set(os.listdir(os.path.join(step_dir, 'state')))
+  assert train_steps(workdir) == list(range(1, step + 1))
+
+
+def test_damaged_newest_checkpoint_is_set_aside_once_and_both_processes_resume_before_it(
+    preempted, cache_dir):
+  workdir, args, _, saved, root = preempted
+  newest, previous = saved[-1], saved[-2]
+  state_dir = os.path.join(ckpt.checkpoint_dir(workdir), str(newest), 'state')
+  assert truncate_array_files(state_dir)
+  (out0, err0), (out1, err1) = _Processes(
+      'train.py', [*args, '--config.train.max_steps_per_run=1'], str(root / 'logs2'),
+      cache_dir).wait()
+  # Each process found the damage, and process 0 alone moved the checkpoint, once.
+  damaged = f'Checkpoint {ckpt.checkpoint_dir(workdir)}/{newest} is damaged ('
+  assert err0.count(damaged) == 1 and err1.count(damaged) == 1
+  (moved,) = os.listdir(os.path.join(workdir, 'checkpoints.corrupt'))
+  assert moved.startswith(f'{newest}-')
+  # Both restored the previous checkpoint and trained one step from it: each process ends
+  # at that step, and saved its own data position there.
+  assert f'Restored checkpoint at step {previous} ' in err0
+  assert _final(out0) == _final(out1) == {'step': previous + 1, 'stopped_early': True}
+  assert complete_steps(workdir) == [*saved[:-1], previous + 1]
+  data_item = os.path.join(ckpt.checkpoint_dir(workdir), str(previous + 1), 'data')
+  positions = []
+  for i in range(2):
+    with open(os.path.join(data_item, f'process_{i}-of-2.json')) as f:
+      positions.append(json.load(f))
+  assert positions[0] == positions[1] == {'next_index': previous + 1}
 
 
 def test_inconsistent_process_flags_are_one_clear_sentence(tmp_path):
