@@ -47,7 +47,9 @@ def make_train_step(spec: ModelSpec, tx: optax.GradientTransformation, schedule,
 
   With train.grad_accum_steps = k the batch is processed as k micro-batches in a scan
   (gradients and metric sums added up) before one optimizer update: the same update as
-  the whole batch at once, in about 1/k of the activation memory. With a float16 model the
+  the whole batch at once, in about 1/k of the activation memory. Models with BatchNorm
+  differ: each micro-batch is normalised by its own statistics and updates the running
+  averages once (k updates per step; tests/test_batchnorm.py). With a float16 model the
   loss is scaled by state.loss_scale, and a step with non-finite gradients changes nothing
   but the scale; with train.skip_nonfinite so does any non-finite step. metrics['finite']
   says whether the loss and gradients were finite.
