@@ -184,3 +184,44 @@ def truncate_array_files(directory: str) -> int:
       count += 1
   return count
 
+
+def runlocal(module, data_dir: str, arg: str = 'runlocal', **overrides):
+  """module.get_config(arg) (a configs/*.py module) reading its data from data_dir, with
+  dotted-key overrides: runlocal(flow_skimage, d, **{'data.flip': False})."""
+  config = module.get_config(arg)
+  config.data.data_dir = data_dir
+  for key, value in overrides.items():
+    *path, leaf = key.split('.')
+    node = config
+    for part in path:
+      node = node[part]
+    node[leaf] = value
+  return config
+
+
+def fixed_batch(batch_size: int, num_steps: int, split: str = 'train') -> dict:
+  """Overrides for a run that trains on the same batch_size examples (the first of `split`)
+  every step, logs every step and saves once, at the end: a run whose loss must fall."""
+  return {'data.train_split': f'{split}[:{batch_size}]', 'train.batch_size': batch_size,
+          'train.num_steps': num_steps, 'train.log_every_steps': 1,
+          'checkpoint.every_steps': num_steps}
+
+
+def train_losses(workdir: str) -> list[float]:
+  """The training losses logged in WORKDIR/metrics.jsonl, in step order."""
+  from perceiver_jax.metrics_log import read
+  return [r['loss'] for r in read(os.path.join(workdir, 'metrics.jsonl'))
+          if r.get('split') == 'train']
+
+
+def assert_loss_falls(workdir: str, k: int = 3, by: float = 0.1) -> list[float]:
+  """Asserts that the run in workdir learned, not only finished: the mean of its last k
+  logged training losses is at least `by` (a fraction) below the mean of its first k.
+  Returns the losses."""
+  losses = train_losses(workdir)
+  assert len(losses) >= 2 * k, f'{len(losses)} logged losses; need {2 * k}: {losses}'
+  first, last = sum(losses[:k]) / k, sum(losses[-k:]) / k
+  assert last < (1.0 - by) * first, (
+      f'The loss did not fall by {by:.0%} (first {k} mean {first:.4f}, last {k} mean '
+      f'{last:.4f}): {losses}')
+  return losses

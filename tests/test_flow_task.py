@@ -18,7 +18,7 @@ from perceiver_jax.metrics_log import read
 from perceiver_jax.tasks.flow import (CenterFlowCrop, FlowTask, RandomFlowCrop, ToFlowExample,
                                       flow_metrics, flow_sums)
 from perceiver_jax.validate import checked_data_spec, validate_config
-from tests.helpers import run_main
+from tests.helpers import assert_loss_falls, fixed_batch, run_main, runlocal
 
 
 @pytest.fixture(scope='module')
@@ -26,18 +26,6 @@ def data_dir(tmp_path_factory):
   path = str(tmp_path_factory.mktemp('tfds'))
   pipeline.prepare('skimage_flow/tiny', path)
   return path
-
-
-def runlocal(data_dir, **overrides):
-  config = flow_skimage.get_config('runlocal')
-  config.data.data_dir = data_dir
-  for key, value in overrides.items():
-    *path, leaf = key.split('.')
-    node = config
-    for part in path:
-      node = node[part]
-    node[leaf] = value
-  return config
 
 
 # ------------------------------------------------------------------------------------------
@@ -137,16 +125,16 @@ def test_center_crop_and_scaling():
 
 def test_bad_flow_settings_are_one_sentence(data_dir):
   with pytest.raises(UserError, match=r"config.data.flow_loss='l2' is unknown"):
-    validate_config(runlocal(data_dir, **{'data.flow_loss': 'l2'}))
+    validate_config(runlocal(flow_skimage, data_dir, **{'data.flow_loss': 'l2'}))
   with pytest.raises(UserError, match=r"config.data.crop_size=\(0, 4\) is not a crop"):
-    validate_config(runlocal(data_dir, **{'data.crop_size': (0, 4)}))
+    validate_config(runlocal(flow_skimage, data_dir, **{'data.crop_size': (0, 4)}))
   pipeline.prepare('digits', data_dir)
   with pytest.raises(pipeline.DatasetError, match=r"Dataset 'digits' has no 'frames', 'flow'"):
-    checked_data_spec(runlocal(data_dir, **{'data.name': 'digits'}))
+    checked_data_spec(runlocal(flow_skimage, data_dir, **{'data.name': 'digits'}))
 
 
 def test_crop_size_sets_the_model_input(data_dir):
-  spec = checked_data_spec(runlocal(data_dir, **{'data.crop_size': (12, 8)}))
+  spec = checked_data_spec(runlocal(flow_skimage, data_dir, **{'data.crop_size': (12, 8)}))
   assert spec.input_shape == (2, 12, 8, 3) and spec.num_classes == 2
   assert FlowTask().input_shape(pipeline.prepare('skimage_flow/tiny', data_dir)) == (2, 16, 16, 3)
 
@@ -163,18 +151,37 @@ def test_released_model_config_builds_at_full_size():
 # A short run through the trainer, then eval.py on its checkpoint on another mesh.
 # ------------------------------------------------------------------------------------------
 
-def test_runlocal_trains_and_eval_py_reproduces_its_metrics(data_dir, tmp_path):
+# One fixed batch of 8 pairs, unflipped, so all 20 steps see the same pixels; each run sets
+# a learning rate that overfits them.
+OVERFIT = {**fixed_batch(8, 20), 'data.flip': False}
+
+
+def test_runlocal_overfits_a_batch_and_eval_py_reproduces_its_metrics(data_dir, tmp_path):
   workdir = str(tmp_path / 'flow')
-  final = trainer.train_and_evaluate(runlocal(data_dir), workdir)
+  config = runlocal(flow_skimage, data_dir, **OVERFIT, **{'optimizer.learning_rate': 1e-2})
+  final = trainer.train_and_evaluate(config, workdir)
   train = [r for r in read(os.path.join(workdir, 'metrics.jsonl')) if r.get('split') == 'train']
-  assert [r['step'] for r in train] == [2, 4]
+  assert [r['step'] for r in train] == list(range(1, 21))
   for record in train + [final]:
     assert math.isfinite(record['loss']) and math.isfinite(record['epe']), record
+  assert_loss_falls(workdir)  # the gradients reach the flow head
   assert final['num_examples'] == 12 and 0.0 <= final['1px'] <= final['3px'] <= 1.0
   run_main('eval.py', ['--config=configs/flow_skimage.py:runlocal', f'--workdir={workdir}',
                        f'--config.data.data_dir={data_dir}'], devices=4)
-  with open(os.path.join(workdir, 'eval_4.json')) as f:
+  with open(os.path.join(workdir, 'eval_20.json')) as f:
     result = json.load(f)
   assert result['num_pixels'] == final['num_pixels']
   for key in ('epe', 'epe_all', '1px', '3px', '5px'):
     assert result[key] == pytest.approx(final[key], rel=1e-5, abs=1e-6), key
+
+
+def test_released_model_runlocal_overfits_a_batch(data_dir, tmp_path):
+  # The whole 16x16 pair (the variant's 12x12 crops would move every step); LAMB needs a
+  # larger learning rate than AdamW to show the fall in 20 steps.
+  config = runlocal(flow_autoflow, data_dir, **OVERFIT, **{
+      'data.crop_size': (16, 16), 'model.preprocessor.position_encoding.max_resolution': (16, 16),
+      'optimizer.learning_rate': 3e-2})
+  workdir = str(tmp_path / 'autoflow')
+  final = trainer.train_and_evaluate(config, workdir)
+  assert_loss_falls(workdir)
+  assert final['num_examples'] == 12 and math.isfinite(final['epe'])

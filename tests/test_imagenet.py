@@ -1,5 +1,5 @@
 """ImageNet classification: top-k and soft-label loss on hand-made numbers, the batch-level
-MixUp/CutMix hook, the photo_crops builder, and both configs' runlocal variants trained."""
+MixUp/CutMix hook, the photo_crops builder, and every runlocal variant trained."""
 
 import json
 import math
@@ -21,24 +21,12 @@ from perceiver_jax.tasks.classification import classification_loss
 from perceiver_jax.tasks.image_classification import (ImageClassificationTask,
                                                       image_classification_sums, topk_correct)
 from perceiver_jax.validate import checked_data_spec, validate_config
-from tests.helpers import prepared_data_dir
+from tests.helpers import assert_loss_falls, fixed_batch, prepared_data_dir, runlocal
 
 
 @pytest.fixture(scope='module')
 def data_dir(tmp_path_factory):
   return prepared_data_dir(tmp_path_factory, 'photo_crops')
-
-
-def runlocal(module, data_dir, arg='runlocal', **overrides):
-  config = module.get_config(arg)
-  config.data.data_dir = data_dir
-  for key, value in overrides.items():
-    *path, leaf = key.split('.')
-    node = config
-    for part in path:
-      node = node[part]
-    node[leaf] = value
-  return config
 
 
 # ------------------------------------------------------------------------------------------
@@ -248,30 +236,39 @@ def test_bad_settings_are_one_sentence(data_dir):
 
 
 # ------------------------------------------------------------------------------------------
-# Both runlocal variants through the trainer; the evaluator on another mesh.
+# Every runlocal variant through the trainer; the evaluator on another mesh.
 # ------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize('module', [imagenet_perceiver, imagenet_perceiver_io])
-def test_runlocal_trains_and_evaluates(module, data_dir, tmp_path):
-  workdir = str(tmp_path / module.__name__.split('.')[-1])
-  final = trainer.train_and_evaluate(runlocal(module, data_dir), workdir)
+# One fixed batch of 16 crops without the stochastic MixUp, CutMix and RandAugment (random
+# crops and flips stay), at a learning rate that overfits it in 12 steps.
+OVERFIT = {**fixed_batch(16, 12), 'data.mixup_alpha': 0.0, 'data.cutmix_alpha': 0.0,
+           'data.randaugment_layers': 0, 'optimizer.learning_rate': 1e-2}
+
+
+@pytest.mark.parametrize('module,arg', [
+    (imagenet_perceiver, 'runlocal'), (imagenet_perceiver_io, 'runlocal'),
+    (imagenet_perceiver_io, 'runlocal,pos=learned'), (imagenet_perceiver_io, 'runlocal,pos=conv')])
+def test_runlocal_overfits_a_batch_and_evaluates(module, arg, data_dir, tmp_path):
+  workdir = str(tmp_path / 'run')
+  final = trainer.train_and_evaluate(runlocal(module, data_dir, arg, **OVERFIT), workdir)
   records = read(os.path.join(workdir, 'metrics.jsonl'))
   train = [r for r in records if r.get('split') == 'train']
-  assert [r['step'] for r in train] == [2, 4]
+  assert [r['step'] for r in train] == list(range(1, 13))
   for record in train + [final]:
     for key in ('loss', 'accuracy', 'top5_accuracy'):
       assert math.isfinite(record[key]), (key, record)
   # Near-uniform over 10 classes at the start: loss about ln 10 = 2.30.
   assert 1.5 < train[0]['loss'] < 3.5
+  assert_loss_falls(workdir)
   assert final['num_examples'] == 100
   assert 0.0 <= final['accuracy'] <= final['top5_accuracy'] <= 1.0
-  if module is imagenet_perceiver:
+  if arg != 'runlocal' or module is imagenet_perceiver:
     return
   # The evaluator on another mesh (data 4 x fsdp 2: parameters sharded, unlike training's
   # pure data parallelism) restores the checkpoint and reproduces the final metrics.
   result = evaluator.evaluate(runlocal(module, data_dir, **{'mesh.data': 4, 'mesh.fsdp': 2}),
                               workdir)
-  with open(os.path.join(workdir, 'eval_4.json')) as f:
+  with open(os.path.join(workdir, 'eval_12.json')) as f:
     assert json.load(f)['top5_accuracy'] == result['top5_accuracy']
   assert result['num_examples'] == final['num_examples']
   for key in ('loss', 'accuracy', 'top5_accuracy'):

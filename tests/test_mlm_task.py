@@ -20,7 +20,7 @@ from perceiver_jax.metrics_log import read
 from perceiver_jax.tasks.mlm import MlmTask, mlm_metrics, mlm_sums
 from perceiver_jax.tokenizer import NUM_SPECIAL_TOKENS, PAD_ID, VOCAB_SIZE
 from perceiver_jax.validate import checked_data_spec, validate_config
-from tests.helpers import run_main
+from tests.helpers import assert_loss_falls, fixed_batch, run_main, runlocal
 
 NEG = -1e9  # a logit that gets probability 0 in float32
 
@@ -30,18 +30,6 @@ def data_dir(tmp_path_factory):
   path = str(tmp_path_factory.mktemp('tfds'))
   pipeline.prepare('python_stdlib/tiny', path)
   return path
-
-
-def runlocal(data_dir, **overrides):
-  config = mlm_stdlib.get_config('runlocal')
-  config.data.data_dir = data_dir
-  for key, value in overrides.items():
-    *path, leaf = key.split('.')
-    node = config
-    for part in path:
-      node = node[part]
-    node[leaf] = value
-  return config
 
 
 # ------------------------------------------------------------------------------------------
@@ -121,7 +109,7 @@ def test_task_loss_skips_eval_padding_and_is_exact_over_batches():
 # ------------------------------------------------------------------------------------------
 
 def test_eval_masks_match_the_baselines_test_masking(data_dir):
-  config = runlocal(data_dir)
+  config = runlocal(mlm_stdlib, data_dir)
   task = tasks.get_task(config)
   batches = list(pipeline.make_eval_iterator(config.data, 'test', global_batch_size=32,
                                              task=task))
@@ -140,7 +128,7 @@ def test_eval_masks_match_the_baselines_test_masking(data_dir):
 
 
 def test_train_batches_are_deterministic_and_resume(data_dir):
-  config = runlocal(data_dir)
+  config = runlocal(mlm_stdlib, data_dir)
   task = tasks.get_task(config)
   make = lambda seed: pipeline.make_train_iterator(config.data, global_batch_size=8, seed=seed,
                                                    task=task)
@@ -175,33 +163,38 @@ def test_configs_validate_and_tie_the_embedding(data_dir):
     assert model.postprocessor.embeddings is model.preprocessor.embeddings
   assert mlm_stdlib.get_config('runlocal,steps=7').train.num_steps == 7
   assert common.parse_arg('runlocal', runlocal=False).runlocal is True
-  assert checked_data_spec(runlocal(data_dir)).input_shape == (128,)
+  assert checked_data_spec(runlocal(mlm_stdlib, data_dir)).input_shape == (128,)
 
 
 def test_bad_task_settings_are_one_sentence(data_dir):
   with pytest.raises(UserError, match=r"config.task='mlmm' is unknown; use one of "
                                       r"'classification', .*'mlm'.* \(did you mean 'mlm'\?\)\.$"):
-    validate_config(runlocal(data_dir, task='mlmm'))
+    validate_config(runlocal(mlm_stdlib, data_dir, task='mlmm'))
   with pytest.raises(UserError, match=r'config.data.mask_prob=1.5 is out of range'):
-    validate_config(runlocal(data_dir, **{'data.mask_prob': 1.5}))
+    validate_config(runlocal(mlm_stdlib, data_dir, **{'data.mask_prob': 1.5}))
   with pytest.raises(UserError, match=r"config.data.word_definition='words' is unknown"):
-    validate_config(runlocal(data_dir, **{'data.word_definition': 'words'}))
+    validate_config(runlocal(mlm_stdlib, data_dir, **{'data.word_definition': 'words'}))
   pipeline.prepare('digits', data_dir)
   with pytest.raises(pipeline.DatasetError, match=r"Dataset 'digits' has no 'bytes' \[window\] "
                                                   r"and 'length' features, so the mlm task"):
-    checked_data_spec(runlocal(data_dir, **{'data.name': 'digits'}))
+    checked_data_spec(runlocal(mlm_stdlib, data_dir, **{'data.name': 'digits'}))
 
 
 # ------------------------------------------------------------------------------------------
 # A short run through the trainer, then eval.py on its checkpoint.
 # ------------------------------------------------------------------------------------------
 
-def test_runlocal_trains_writes_finite_metrics_and_eval_py_reproduces_them(data_dir, tmp_path):
+def test_runlocal_overfits_a_batch_and_eval_py_reproduces_its_metrics(data_dir, tmp_path):
   workdir = str(tmp_path / 'mlm')
-  final = trainer.train_and_evaluate(runlocal(data_dir), workdir)
+  # One fixed batch of 8 windows (masked afresh each step), at a learning rate that shows
+  # the fall in 12 steps.
+  config = runlocal(mlm_stdlib, data_dir, **fixed_batch(8, 12),
+                    **{'optimizer.learning_rate': 3e-3})
+  final = trainer.train_and_evaluate(config, workdir)
   records = read(os.path.join(workdir, 'metrics.jsonl'))
   train = [r for r in records if r.get('split') == 'train']
-  assert [r['step'] for r in train] == [2, 4]
+  assert [r['step'] for r in train] == list(range(1, 13))
+  assert_loss_falls(workdir)
   for record in train + [final]:
     for key in ('loss', 'accuracy', 'bits_per_byte'):
       assert math.isfinite(record[key]), (key, record)
@@ -212,7 +205,7 @@ def test_runlocal_trains_writes_finite_metrics_and_eval_py_reproduces_them(data_
   # eval.py on another mesh (4 devices) than training's (8).
   run_main('eval.py', ['--config=configs/mlm_stdlib.py:runlocal', f'--workdir={workdir}',
                        f'--config.data.data_dir={data_dir}'], devices=4)
-  with open(os.path.join(workdir, 'eval_4.json')) as f:
+  with open(os.path.join(workdir, 'eval_12.json')) as f:
     result = json.load(f)
   assert result['num_targets'] == final['num_targets']
   assert result['num_examples'] == final['num_examples']

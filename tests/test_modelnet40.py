@@ -17,7 +17,7 @@ from perceiver_jax.data import pipeline, point_cloud_augment, shape_synthesis, t
 from perceiver_jax.data.builders import modelnet40
 from perceiver_jax.errors import UserError
 from perceiver_jax.validate import validate_config
-from tests.helpers import run_main
+from tests.helpers import assert_loss_falls, fixed_batch, run_main, runlocal
 
 TRAIN_IDS = ('airplane_0001', 'night_stand_0002', 'xbox_0003')
 TEST_IDS = ('tv_stand_0004', 'airplane_0005')
@@ -275,17 +275,20 @@ def test_paper_config_builds_the_paper_model():
   assert modelnet40_perceiver.get_config('synthetic,steps=7').train.num_steps == 7
 
 
-def test_runlocal_trains_and_eval_py_reproduces_its_metrics(synthetic_dir, tmp_path):
-  config = modelnet40_perceiver.get_config('runlocal')
-  config.data.data_dir = synthetic_dir
+def test_runlocal_overfits_a_batch_and_eval_py_reproduces_its_metrics(synthetic_dir, tmp_path):
+  # One fixed batch of 8 clouds (jitter stays), at a learning rate that overfits it.
+  config = runlocal(modelnet40_perceiver, synthetic_dir, **fixed_batch(8, 10),
+                    **{'optimizer.learning_rate': 1e-2})
   workdir = str(tmp_path / 'modelnet40')
   final = trainer.train_and_evaluate(config, workdir)
+  # Near-uniform over 8 classes at the start: loss about ln 8 = 2.08.
+  assert assert_loss_falls(workdir)[0] == pytest.approx(math.log(8.0), abs=0.2)
   assert final['num_examples'] == 32
   assert math.isfinite(final['loss']) and 0.0 <= final['accuracy'] <= 1.0
   run_main('eval.py', ['--config=configs/modelnet40_perceiver.py:runlocal',
                        f'--workdir={workdir}', f'--config.data.data_dir={synthetic_dir}'],
            devices=4)
-  with open(os.path.join(workdir, 'eval_4.json')) as f:
+  with open(os.path.join(workdir, 'eval_10.json')) as f:
     result = json.load(f)
   assert result['num_examples'] == 32
   for key in ('loss', 'accuracy'):

@@ -18,6 +18,7 @@ from perceiver_jax import telemetry_plot
 from perceiver_jax.data import pipeline
 from perceiver_jax.errors import UserError
 from perceiver_jax.metrics_log import read
+from perceiver_jax.model import attention
 from tests.helpers import tiny_mnist1d_config
 
 
@@ -160,6 +161,33 @@ def test_captured_probabilities_equal_a_manual_softmax():
   # Capturing leaves the encoder's output as it was.
   np.testing.assert_array_equal(z_captured, z_plain)
   assert num_captured == 2
+
+
+def test_train_and_eval_jaxprs_equal_those_of_a_model_without_the_hook(monkeypatch):
+  """docs/telemetry.md: the model's forward pass (eval) and its gradient (train, dropout on)
+  compute nothing for telemetry unless asked to: their jaxprs are those of a model whose
+  hook computes nothing."""
+  config = tiny_mnist1d_config(**{'model.encoder.cross_attend_every_block': True})
+  model = state_lib.build(config, (40, 1), jax.random.key(0))
+  graphdef, weights = nnx.split(model)
+  x = jnp.zeros((2, 40, 1))
+
+  def forward(weights, x, train):
+    model = nnx.merge(graphdef, weights)
+    rngs = nnx.Rngs(dropout=jax.random.key(0)) if train else None  # as steps.py calls it
+    return model(x, deterministic=not train, rngs=rngs)
+
+  def jaxprs():
+    eval_step = jax.make_jaxpr(lambda w, x: forward(w, x, False))(weights, x)
+    train_step = jax.make_jaxpr(jax.grad(lambda w, x: forward(w, x, True).sum()))(weights, x)
+    return str(eval_step), str(train_step)
+
+  with_hook = jaxprs()
+  # Without the hook: the probabilities are zeros, computed from nothing.
+  monkeypatch.setattr(attention.Attention, 'attention_probs',
+                      lambda self, q, kv, mask=None: jnp.zeros(
+                          (q.shape[0], self.num_heads, q.shape[1], kv.shape[1])))
+  assert jaxprs() == with_hook
 
 
 # ------------------------------------------------------------------------------------------

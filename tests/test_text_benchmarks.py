@@ -21,6 +21,7 @@ from perceiver_jax.metrics_log import read
 from perceiver_jax.tasks.mlm import EncodeDocument, FixedSeedWholeWordMask, WindowAndMask
 from perceiver_jax.tokenizer import NUM_SPECIAL_TOKENS, PAD_ID, SEP_ID, VOCAB_SIZE
 from perceiver_jax.validate import checked_data_spec, validate_config
+from tests.helpers import assert_loss_falls, fixed_batch, runlocal
 
 TEXT = 'Grüße, naïve café — 😀 ok.'  # 1-, 2-, 3- and 4-byte characters
 RAW = TEXT.encode('utf-8')
@@ -31,17 +32,6 @@ def data_dir(tmp_path_factory):
   path = str(tmp_path_factory.mktemp('tfds'))
   pipeline.prepare('stdlib_docs/tiny', path)
   return path
-
-
-def with_data_dir(config, data_dir, **overrides):
-  config.data.data_dir = data_dir
-  for key, value in overrides.items():
-    *path, leaf = key.split('.')
-    node = config
-    for part in path:
-      node = node[part]
-    node[leaf] = value
-  return config
 
 
 # ------------------------------------------------------------------------------------------
@@ -203,7 +193,7 @@ def test_full_size_configs_are_the_released_model_with_the_recipes():
 
 
 def test_text_classification_reads_declared_text_and_label_features(data_dir):
-  config = with_data_dir(text_classification.get_config('runlocal'), data_dir)
+  config = runlocal(text_classification, data_dir)
   spec = checked_data_spec(config)
   assert spec.input_shape == (128,) and spec.num_classes == 3
   task = tasks.get_task(config)
@@ -219,33 +209,38 @@ def test_text_classification_reads_declared_text_and_label_features(data_dir):
   pipeline.prepare('digits', data_dir)
   with pytest.raises(pipeline.DatasetError, match=r"Dataset 'digits' has no text feature "
                                                   r"'text', so the text_classification task"):
-    checked_data_spec(with_data_dir(text_classification.get_config('runlocal'), data_dir,
-                                    **{'data.name': 'digits'}))
+    checked_data_spec(runlocal(text_classification, data_dir, **{'data.name': 'digits'}))
   with pytest.raises(pipeline.DatasetError, match=r"Dataset 'digits' has no 'bytes' \[window\] "
                                                   r"and 'length' features, so the mlm task "
                                                   r"cannot read it, nor a text feature 'text'"):
-    checked_data_spec(with_data_dir(mlm_c4.get_config('runlocal'), data_dir,
-                                    **{'data.name': 'digits'}))
+    checked_data_spec(runlocal(mlm_c4, data_dir, **{'data.name': 'digits'}))
 
 
 # ------------------------------------------------------------------------------------------
 # MLM on text, then fine-tuning from its checkpoint.
 # ------------------------------------------------------------------------------------------
 
+# MLM and fine-tuning each train on one fixed batch of 8 documents for 10 steps.
+MLM_STEPS = 10
+
+
 @pytest.fixture(scope='module')
 def mlm_run(data_dir, tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp('mlm_c4'))
-  final = trainer.train_and_evaluate(with_data_dir(mlm_c4.get_config('runlocal'), data_dir),
-                                     workdir)
+  # LAMB scales each update to the weights' norm: 0.1 shows the fall within 10 steps.
+  config = runlocal(mlm_c4, data_dir, **fixed_batch(8, MLM_STEPS),
+                    **{'optimizer.learning_rate': 0.1})
+  final = trainer.train_and_evaluate(config, workdir)
   return workdir, final
 
 
-def test_mlm_c4_runlocal_trains_on_text(mlm_run):
+def test_mlm_c4_runlocal_learns_on_text(mlm_run):
   workdir, final = mlm_run
   train = [r for r in read(os.path.join(workdir, 'metrics.jsonl')) if r.get('split') == 'train']
-  assert [r['step'] for r in train] == [2, 4]
+  assert [r['step'] for r in train] == list(range(1, MLM_STEPS + 1))
   # Untrained: close to uniform over the 262 ids, log2(262) = 8.03 bits per byte.
   assert 6.0 < train[0]['bits_per_byte'] < 9.0
+  assert_loss_falls(workdir)
   for record in train + [final]:
     assert all(math.isfinite(record[k]) for k in ('loss', 'accuracy', 'bits_per_byte'))
   assert final['num_examples'] == 12 and final['num_targets'] > 0
@@ -256,31 +251,31 @@ def _by_name(tree):
           for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
-class _Loaded(Exception):
-  """Stops the trainer right after it has loaded the pretrained weights."""
-
-
-def test_fine_tuning_loads_the_mlm_encoder_and_a_fresh_head(mlm_run, data_dir, tmp_path,
-                                                            monkeypatch):
+def test_fine_tuning_loads_the_mlm_encoder_and_a_fresh_head_then_learns(mlm_run, data_dir,
+                                                                        tmp_path, monkeypatch):
   mlm_workdir, _ = mlm_run
-  config = with_data_dir(text_classification.get_config('runlocal'), data_dir,
-                         init_from=mlm_workdir)
+  # 3x the variant's learning rate, so that 10 steps show the fall from the pretrained start.
+  config = runlocal(text_classification, data_dir, **fixed_batch(8, 10),
+                    **{'optimizer.learning_rate': 3e-3}, init_from=mlm_workdir)
   seen = {}
   load = ckpt.init_from_checkpoint
 
-  def load_then_stop(state, *args):
-    seen['fresh'], seen['loaded'] = state, load(state, *args)
-    raise _Loaded
+  def load_and_keep(state, *args):
+    loaded = load(state, *args)
+    # Copied now: training donates (deletes) the state's buffers.
+    seen['fresh'], seen['loaded'] = _by_name(state.params), _by_name(loaded.params)
+    seen['step'] = int(loaded.step)
+    return loaded
 
   # The trainer's own step-0 state: its fresh initialisation, then what init_from made of it.
-  monkeypatch.setattr(ckpt, 'init_from_checkpoint', load_then_stop)
-  with pytest.raises(_Loaded):
-    trainer.train_and_evaluate(config, str(tmp_path / 'ft'))
+  monkeypatch.setattr(ckpt, 'init_from_checkpoint', load_and_keep)
+  workdir = str(tmp_path / 'ft')
+  final = trainer.train_and_evaluate(config, workdir)
   manager = ocp.CheckpointManager(ckpt.checkpoint_dir(mlm_workdir))
-  pretrained = _by_name(manager.restore(4, args=ocp.args.Composite(
+  pretrained = _by_name(manager.restore(MLM_STEPS, args=ocp.args.Composite(
       state=ocp.args.StandardRestore()))['state']['params'])
-  fresh, got = _by_name(seen['fresh'].params), _by_name(seen['loaded'].params)
-  assert int(seen['loaded'].step) == 0
+  fresh, got = seen['fresh'], seen['loaded']
+  assert seen['step'] == 0
   heads = [n for n in got if n.startswith('decoder/')]
   assert 'decoder/decoder/output/kernel' in heads
   assert got['decoder/decoder/output/bias'].shape == (3,)
@@ -293,6 +288,10 @@ def test_fine_tuning_loads_the_mlm_encoder_and_a_fresh_head(mlm_run, data_dir, t
     source = 'postprocessor/embeddings' if name == 'preprocessor/embeddings' else name
     np.testing.assert_array_equal(value, pretrained[source], err_msg=name)
     assert not np.array_equal(value, fresh[name]), name  # loaded, not the fresh values
+  # Then the classifier trains: its loss falls on the fixed batch, and it evaluates.
+  assert_loss_falls(workdir)
+  assert final['num_examples'] == 12 and math.isfinite(final['loss'])
+  assert 0.0 <= final['accuracy'] <= 1.0
 
 
 def test_init_rename_must_be_pairs():
