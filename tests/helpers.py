@@ -126,6 +126,7 @@ def with_random_weights(abstract_model, seed: int = 0, scale: float = 0.5):
       path: scale * rng.standard_normal(v.get_value().shape) for path, v in variables.items()})
   return abstract_model
 
+
 def assert_params_close(got, want, lr_sum: float) -> None:
   """Two runs' parameter trees equal to float32 rounding, leaf by leaf (rtol 1e-5,
   atol 1e-7): runs that differ only in reduction order (another mesh or process count).
