@@ -31,7 +31,12 @@ def tiny_mnist1d_config(**overrides):
   """configs/mnist1d.py shrunk to TINY, with dotted-key overrides."""
   from configs import mnist1d
   config = mnist1d.get_config()
-  for key, value in {**TINY, **overrides}.items():
+  return set_dotted(config, {**TINY, **overrides})
+
+
+def set_dotted(config, overrides: dict):
+  """Sets config['a']['b'] = value for every 'a.b' key of overrides; returns config."""
+  for key, value in overrides.items():
     *path, leaf = key.split('.')
     node = config
     for part in path:
@@ -191,13 +196,7 @@ def runlocal(module, data_dir: str, arg: str = 'runlocal', **overrides):
   dotted-key overrides: runlocal(flow_skimage, d, **{'data.flip': False})."""
   config = module.get_config(arg)
   config.data.data_dir = data_dir
-  for key, value in overrides.items():
-    *path, leaf = key.split('.')
-    node = config
-    for part in path:
-      node = node[part]
-    node[leaf] = value
-  return config
+  return set_dotted(config, overrides)
 
 
 def fixed_batch(batch_size: int, num_steps: int, split: str = 'train') -> dict:

@@ -18,8 +18,8 @@ from benchmarks import memory_scaling
 from perceiver_jax.model import attention as attn_lib
 from perceiver_jax.model import build as build_lib
 from perceiver_jax.model import chunked_attention as chunked
+from tests.helpers import ROOT, set_dotted
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def arrays(shapes, seed=0, dtype=jnp.float32):
@@ -171,13 +171,7 @@ def tiny_config(**overrides):
   enc = cfg.encoder
   enc.num_latents, enc.num_latent_channels, enc.num_blocks = 12, 8, 1
   enc.num_self_attends_per_block, enc.num_self_attend_heads = 1, 2
-  for key, value in overrides.items():
-    *path, leaf = key.split('.')
-    node = cfg
-    for part in path:
-      node = node[part]
-    node[leaf] = value
-  return cfg
+  return set_dotted(cfg, overrides)
 
 
 def attention_modules(model):
