@@ -24,8 +24,9 @@ train: install
 eval: install
 	$(PY) eval.py --config=$(CONFIG) --workdir=$(WORKDIR) $(ARGS)
 
+# --dist loadscope: a test module stays on one worker, so its module fixtures run once.
 test: install
-	$(PY) -m pytest -q -n auto tests
+	$(PY) -m pytest -q -n auto --dist loadscope tests
 
 clean:
 	rm -rf $(VENV) workdirs *.egg-info
