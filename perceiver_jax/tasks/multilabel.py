@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from perceiver_jax.errors import UserError
+from perceiver_jax.errors import DatasetError, UserError
 from perceiver_jax.tasks.base import Task
 
 # The data.* fields of this task, with their defaults.
@@ -195,7 +195,6 @@ class MultilabelTask(Task):
 
   # -- data -----------------------------------------------------------------------------------
   def features(self, builder):
-    from perceiver_jax.data.pipeline import DatasetError  # pylint: disable=g-import-not-at-top
     feats = builder.info.features
     wanted = [self.inputs_key, self.labels_key] + ([self.video_key] if self.video_key else [])
     missing = [k for k in wanted if k not in feats]
