@@ -67,6 +67,7 @@ def average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
 
 def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
   """ROC AUC of one class (Mann-Whitney with mid-ranks for ties); needs both labels."""
+  # On use: scipy.stats is slow to load and only multilabel evaluation needs it.
   from scipy.stats import rankdata  # pylint: disable=g-import-not-at-top
   positive = labels > 0
   num_pos, num_neg = positive.sum(), (~positive).sum()
@@ -83,6 +84,7 @@ def multilabel_metrics(scores: np.ndarray, labels: np.ndarray) -> dict[str, floa
   'map' averages the classes with >= 1 positive ('num_classes_scored' of them); 'auc' those
   with positives and negatives; NaN where no class qualifies.
   """
+  # On use, as in roc_auc.
   from scipy.stats import norm  # pylint: disable=g-import-not-at-top
   scores = np.asarray(scores, np.float64)
   labels = np.asarray(labels) > 0.5
