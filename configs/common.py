@@ -113,7 +113,7 @@ def get_config() -> ml_collections.ConfigDict:
           ('mlp', 'tensor'),
           ('classes', 'tensor'),
           ('latents', None),
-          # Activations (sharding.constrain at block boundaries).
+          # Activations (model/partitioning.py constrain at block boundaries).
           ('batch', ('data', 'fsdp')),
           ('length', None),
           ('act_embed', None),        # FSDP gathers weights, not activations

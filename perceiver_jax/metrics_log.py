@@ -10,6 +10,7 @@ import time
 
 import jax
 import numpy as np
+from tqdm import tqdm
 
 
 class MetricsLog:
@@ -41,6 +42,7 @@ class MetricsLog:
     record.update({k: _plain(v) for k, v in metrics.items()})
     with open(self.path, 'a') as f:
       f.write(json.dumps(record) + '\n')
+    # tensorboardX loads only where events are written (process 0; not perceiver-report).
     from tensorboardX.summary import scalar
     values = [scalar(k, float(v)).value[0] for k, v in metrics.items() if _is_number(v)]
     self._write_event(split, step, record['time'], values)
@@ -50,6 +52,7 @@ class MetricsLog:
     uint8 in [0, 255] or float in [0, 1]) under `tag` in WORKDIR/tensorboard/<split>/."""
     if not self.enabled:
       return
+    # On use, as in write.
     from tensorboardX.summary import image as image_summary
     image = np.asarray(image)
     if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[-1] not in (1, 3, 4)):
@@ -85,11 +88,12 @@ class MetricsLog:
   def _write_event(self, split: str, step: int, wall_time: float, values: list) -> None:
     if not values:
       return
+    # On use, as in write.
     from tensorboardX.proto.event_pb2 import Event, SessionLog
     from tensorboardX.proto.summary_pb2 import Summary
     writer = self._events.get(split)
     if writer is None:
-      from tensorboardX.event_file_writer import EventsWriter
+      from tensorboardX.event_file_writer import EventsWriter  # on use, as in write
       logdir = os.path.join(self.workdir, TENSORBOARD_DIR, split)
       os.makedirs(logdir, exist_ok=True)
       # The pid keeps a quick restart from reusing (and truncating) the file of this second.
@@ -152,7 +156,6 @@ class Progress:
     self.interactive = sys.stderr.isatty() and jax.process_index() == 0
     self.bar = None
     if self.interactive:
-      from tqdm import tqdm
       self.bar = tqdm(total=total, initial=start, unit='step', dynamic_ncols=True)
 
   def update(self, step: int, metrics: dict | None = None) -> None:

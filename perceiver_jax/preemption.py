@@ -20,6 +20,7 @@ import signal
 import threading
 
 import jax
+from jax.experimental import multihost_utils
 import numpy as np
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -74,7 +75,6 @@ class StopRequest:
       return self.received is not None
     if not at_sync_point:
       return False
-    from jax.experimental import multihost_utils
     flags = multihost_utils.process_allgather(np.int32(self.received is not None))
     if self.received is None and np.any(flags):
       self.received = 'a signal on another process'

@@ -14,6 +14,8 @@ import os
 import re
 import statistics
 
+from matplotlib.figure import Figure  # Agg canvas, no pyplot global state
+
 from perceiver_jax.errors import UserError
 from perceiver_jax.metrics_log import RUN_INFO, TENSORBOARD_DIR
 
@@ -99,8 +101,6 @@ def plot_metrics(records: dict, out_dir: str) -> dict[str, str]:
 
   Returns {metric: png file name in out_dir}.
   """
-  from matplotlib.figure import Figure  # Agg canvas, no pyplot global state
-
   styles = {'train': dict(linewidth=1.2), 'eval': dict(marker='o', linewidth=1.5)}
   files = {}
   for name in metric_names(records):

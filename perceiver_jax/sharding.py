@@ -1,4 +1,4 @@
-"""Device mesh from config, logical-axis rules, and shardings of state, batches and activations.
+"""Device mesh from config, logical-axis rules, and shardings of state and batches.
 
 Parameters carry logical axis names (e.g. ('embed', 'mlp')); one rule table in the config
 maps each logical name to mesh axes (MaxText style). A dimension whose size is not divisible
@@ -14,18 +14,13 @@ mesh shape alone picks the layout. With the default rules
 and any product of them (data=2 x fsdp=2 x tensor=2). `config.sharding.layout` is an optional
 shortcut that writes the mesh for you (see LAYOUTS and layout_mesh_config).
 
-Activations. The model calls `constrain(x, ('batch', 'latents', 'act_embed'))` at block
-boundaries. Outside `logical_sharding(mesh, rules)` (unit tests, eager use) it does nothing;
-the train/eval steps enter that context inside the traced function (`with_logical_sharding`),
-so the names are mapped through the same rules and mesh as the parameters at trace time.
+Activations follow the same rules: the model calls perceiver_jax/model/partitioning.py's
+`constrain` at block boundaries, and the train/eval steps trace inside its
+`with_logical_sharding(fn, mesh, rules_dict(config.sharding.rules))`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
-import functools
-import logging
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -36,6 +31,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from perceiver_jax.errors import UserError
+from perceiver_jax.model.partitioning import logical_to_spec
 
 MESH_AXES = ('data', 'fsdp', 'tensor')
 # The batch dimension of inputs and activations is split over every data-like axis.
@@ -150,29 +146,6 @@ def rules_dict(rules) -> dict[str, tuple[str, ...]]:
   return out
 
 
-def logical_to_spec(names: Sequence[str | None] | None, shape: Sequence[int], mesh: Mesh,
-                    rules: Mapping[str, tuple[str, ...]]) -> P:
-  """PartitionSpec for one array: each logical name mapped by the rules.
-
-  A mesh axis is used at most once per array, and a dimension not divisible by the product
-  of its mesh axes is replicated (logged once) rather than failing.
-  """
-  if not names:
-    return P()
-  used: set[str] = set()
-  spec = []
-  for name, size in zip(names, shape):
-    # Size-1 mesh axes are dropped so specs stay readable (and equal across meshes).
-    axes = tuple(a for a in rules.get(name, ()) if a not in used and mesh.shape[a] > 1)
-    if axes and size % math.prod(mesh.shape[a] for a in axes):
-      logging.debug('Replicating dim %r of size %d: not divisible by mesh axes %s.',
-                    name, size, axes)
-      axes = ()
-    used.update(axes)
-    spec.append(axes[0] if len(axes) == 1 else (axes or None))
-  return P(*spec)
-
-
 def logical_names(abstract_module: nnx.Module, variable_type=nnx.Param) -> dict:
   """Pure-dict tree of the logical axis names each variable was annotated with."""
   state = nnx.state(abstract_module, variable_type)
@@ -214,58 +187,3 @@ def describe(shardings_tree, abstract_tree) -> str:
     shard = sharding.shard_shape(leaf.shape)
     per_device += math.prod(shard) * np.dtype(leaf.dtype).itemsize
   return f'state {total / 2**20:.2f} MiB in all, {per_device / 2**20:.2f} MiB per device'
-
-
-# ------------------------------------------------------------------------------------------
-# Activation constraints: logical names -> with_sharding_constraint, at trace time.
-# ------------------------------------------------------------------------------------------
-
-# (mesh, rules dict) while a step is being traced; None elsewhere (then constrain is a no-op).
-_ACTIVE: contextvars.ContextVar = contextvars.ContextVar('logical_sharding', default=None)
-
-
-@contextlib.contextmanager
-def logical_sharding(mesh: Mesh, rules):
-  """Within this context `constrain` maps logical names through `rules` onto `mesh`.
-
-  `rules` is the config's rule list or a rules_dict. Enter it inside the function being
-  traced (see with_logical_sharding): jax.jit traces lazily, at the first call.
-  """
-  if not isinstance(rules, Mapping):
-    rules = rules_dict(rules)
-  token = _ACTIVE.set((mesh, rules))
-  try:
-    yield
-  finally:
-    _ACTIVE.reset(token)
-
-
-def with_logical_sharding(fn, mesh: Mesh, rules):
-  """`fn` that traces its body inside logical_sharding(mesh, rules); wrap it before jax.jit.
-
-  rules=None returns `fn` unchanged (no activation constraints).
-  """
-  if rules is None:
-    return fn
-
-  @functools.wraps(fn)
-  def wrapped(*args, **kwargs):
-    with logical_sharding(mesh, rules):
-      return fn(*args, **kwargs)
-  return wrapped
-
-
-def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
-  """x constrained to the sharding its logical dim `names` map to; identity outside a
-  logical_sharding context or on a 1-device mesh. len(names) must equal x.ndim."""
-  active = _ACTIVE.get()
-  if active is None:
-    return x
-  mesh, rules = active
-  if mesh.size == 1:
-    return x
-  if len(names) != x.ndim:
-    raise ValueError(f'constrain got {len(names)} names {tuple(names)} for an array of '
-                     f'shape {x.shape}.')
-  spec = logical_to_spec(names, x.shape, mesh, rules)
-  return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))

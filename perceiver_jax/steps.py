@@ -14,6 +14,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from perceiver_jax import precision
 from perceiver_jax import sharding as shd
 from perceiver_jax import tasks
+from perceiver_jax.model.partitioning import with_logical_sharding
 from perceiver_jax.state import ModelSpec, TrainState
 
 
@@ -123,7 +124,7 @@ def make_train_step(spec: ModelSpec, tx: optax.GradientTransformation, schedule,
 
   batch_sharding = shd.batch_sharding(mesh)
   # Activations are constrained by their logical names while the step is traced.
-  train_step = shd.with_logical_sharding(train_step, mesh, config.sharding.rules)
+  train_step = with_logical_sharding(train_step, mesh, shd.rules_dict(config.sharding.rules))
   return jax.jit(train_step,
                  in_shardings=(state_shardings, batch_sharding),
                  out_shardings=(state_shardings, shd.replicated(mesh)),
@@ -143,7 +144,8 @@ def make_eval_step(spec: ModelSpec, mesh: Mesh, params_shardings, model_state_sh
     outputs, _ = _apply(spec, params, model_state, batch, task, train=False)
     return task.loss_sums(outputs, batch, train=False)
 
-  eval_step = shd.with_logical_sharding(eval_step, mesh, rules)
+  eval_step = with_logical_sharding(eval_step, mesh,
+                                    None if rules is None else shd.rules_dict(rules))
   return jax.jit(eval_step,
                  in_shardings=(params_shardings, model_state_shardings, shd.batch_sharding(mesh)),
                  out_shardings=shd.replicated(mesh))

@@ -13,6 +13,9 @@ from __future__ import annotations
 import os
 
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from PIL import Image
 
 
 def tokens_to_input_grid(maps: np.ndarray, token_dims, input_dims) -> np.ndarray | None:
@@ -55,8 +58,6 @@ def attention_image(inputs: np.ndarray, maps: np.ndarray, latents, token_dims
 
 
 def _figure(width: float, height: float):
-  from matplotlib.backends.backend_agg import FigureCanvasAgg
-  from matplotlib.figure import Figure
   fig = Figure(figsize=(width, height), dpi=80)
   FigureCanvasAgg(fig)
   return fig
@@ -132,6 +133,5 @@ def _draw_1d(signals, strips, latents, over_input: bool) -> np.ndarray:
 
 def save_png(image: np.ndarray, path: str) -> None:
   """Writes an RGB uint8 image as PNG, creating the directory."""
-  from PIL import Image
   os.makedirs(os.path.dirname(path), exist_ok=True)
   Image.fromarray(image).save(path)

@@ -12,9 +12,10 @@ from typing import Sequence
 
 import numpy as np
 
-PAD_ID, BOS_ID, EOS_ID, MASK_ID, CLS_ID, SEP_ID = range(6)
-NUM_SPECIAL_TOKENS = 6
-VOCAB_SIZE = 256 + NUM_SPECIAL_TOKENS
+# The vocabulary is the model's (its embedding table has VOCAB_SIZE rows); ids are laid out here.
+from perceiver_jax.model.text_processors import NUM_SPECIAL_TOKENS, VOCAB_SIZE
+
+PAD_ID, BOS_ID, EOS_ID, MASK_ID, CLS_ID, SEP_ID = range(NUM_SPECIAL_TOKENS)
 SPECIAL_TOKENS = ('[PAD]', '[BOS]', '[EOS]', '[MASK]', '[CLS]', '[SEP]')
 PADDING_MODES = ('max_length', 'longest', 'none')
 

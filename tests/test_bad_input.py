@@ -18,7 +18,7 @@ from perceiver_jax import evaluator, flag_parsing
 from perceiver_jax import state as state_lib
 from perceiver_jax import trainer
 from perceiver_jax.data import pipeline
-from perceiver_jax.errors import UserError
+from perceiver_jax.errors import DatasetError, UserError
 from perceiver_jax.validate import check_run, checked_data_spec
 from tests.helpers import TINY, flags_for, prepared_data_dir, run_main, tiny_mnist1d_config
 
@@ -323,7 +323,7 @@ def test_malformed_example_names_dataset_split_and_index(damage, fragment, data_
                       lambda self, split, **kw: _Corrupt(real(self, split=split, **kw), 7,
                                                          damage))
   cfg = tiny_mnist1d_config(**{'data.data_dir': data_dir}).data
-  with pytest.raises(pipeline.DatasetError) as e:
+  with pytest.raises(DatasetError) as e:
     for _ in pipeline.make_eval_iterator(cfg, 'test', global_batch_size=8):
       pass
   message = str(e.value)
@@ -331,7 +331,7 @@ def test_malformed_example_names_dataset_split_and_index(damage, fragment, data_
   assert fragment in message and '\n' not in message
   # Shuffled, augmented training batches name the same stored index.
   train = pipeline.make_train_iterator(cfg, global_batch_size=500, seed=0)
-  with pytest.raises(pipeline.DatasetError, match="Example 7 of split 'train' of dataset"):
+  with pytest.raises(DatasetError, match="Example 7 of split 'train' of dataset"):
     for _ in range(9):  # 4000 examples: one epoch is 8 batches
       next(train)
 

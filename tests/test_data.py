@@ -8,8 +8,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from perceiver_jax import data
-from perceiver_jax.data import builders
+from perceiver_jax.data import builders, pipeline
+from perceiver_jax.errors import DatasetError
 
 
 @pytest.fixture(scope='session')
@@ -17,7 +17,7 @@ def data_dir(tmp_path_factory):
   """A TFDS data_dir with every embedded dataset prepared once."""
   path = str(tmp_path_factory.mktemp('tfds'))
   for name in ('mnist1d', 'mnist1d/shuffled', 'digits'):
-    data.prepare(name, path)
+    pipeline.prepare(name, path)
   return path
 
 
@@ -30,7 +30,7 @@ def config(data_dir, name='digits', normalize=(0.0, 1.0), **kw):
 def whole_split(cfg, split, batch=500):
   """All examples of a split, in stored order: (inputs, labels)."""
   xs, ys = [], []
-  for b in data.make_eval_iterator(cfg, split, global_batch_size=batch):
+  for b in pipeline.make_eval_iterator(cfg, split, global_batch_size=batch):
     real = b['mask'] == 1
     xs.append(b['inputs'][real])
     ys.append(b['label'][real])
@@ -55,19 +55,19 @@ def assert_batches_equal(a, b):
 
 
 def test_dataset_info_splits_and_shapes(data_dir):
-  spec = data.dataset_info(config(data_dir, 'mnist1d'))
-  assert spec == data.DatasetSpec((40, 1), 10, 4000, 1000)
-  spec = data.dataset_info(config(data_dir, 'mnist1d/shuffled'))
-  assert spec == data.DatasetSpec((40, 1), 10, 4000, 1000)
-  spec = data.dataset_info(config(data_dir, 'digits'))
-  assert spec == data.DatasetSpec((8, 8, 1), 10, 1437, 360)
+  spec = pipeline.dataset_info(config(data_dir, 'mnist1d'))
+  assert spec == pipeline.DatasetSpec((40, 1), 10, 4000, 1000)
+  spec = pipeline.dataset_info(config(data_dir, 'mnist1d/shuffled'))
+  assert spec == pipeline.DatasetSpec((40, 1), 10, 4000, 1000)
+  spec = pipeline.dataset_info(config(data_dir, 'digits'))
+  assert spec == pipeline.DatasetSpec((8, 8, 1), 10, 1437, 360)
   assert spec.num_train + spec.num_eval == 1797
 
 
 def test_mnist1d_matches_generator(data_dir):
   from mnist1d.data import get_dataset_args, make_dataset
   ref = make_dataset(get_dataset_args())
-  b = data.prepare('mnist1d', data_dir)
+  b = pipeline.prepare('mnist1d', data_dir)
   assert b.info.features['inputs'].np_dtype == np.float32
   for split, x, y in (('train', 'x', 'y'), ('test', 'x_test', 'y_test')):
     inputs, labels = whole_split(config(data_dir, 'mnist1d'), split)
@@ -101,7 +101,7 @@ def test_digits_split_is_stratified_partition_of_sklearn(data_dir):
     np.testing.assert_array_equal(inputs[..., 0], ref.images[idx[split]])
     np.testing.assert_array_equal(labels, ref.target[idx[split]])
   assert set(np.bincount(labels)) <= {35, 36, 37}  # test: 360 / 10 classes
-  raw = data.prepare('digits', data_dir).as_data_source('train')[0]['inputs']
+  raw = pipeline.prepare('digits', data_dir).as_data_source('train')[0]['inputs']
   assert raw.dtype == np.uint8 and raw.shape == (8, 8, 1)
 
 
@@ -114,9 +114,9 @@ def test_digits_split_is_stratified_partition_of_sklearn(data_dir):
                                         ('digits', (8, 8, 1))])
 def test_train_batches_shapes_dtypes_normalization(data_dir, name, shape):
   cfg = config(data_dir, name, normalize=(8.0, 4.0))
-  raw = take(data.make_train_iterator(
+  raw = take(pipeline.make_train_iterator(
       config(data_dir, name), global_batch_size=16, seed=3), 2)
-  for b, r in zip(take(data.make_train_iterator(
+  for b, r in zip(take(pipeline.make_train_iterator(
       cfg, global_batch_size=16, seed=3), 2), raw):
     assert set(b) == {'inputs', 'label'}
     assert b['inputs'].shape == (16, *shape) and b['inputs'].dtype == np.float32
@@ -128,9 +128,9 @@ def test_train_batches_shapes_dtypes_normalization(data_dir, name, shape):
 
 def test_train_determinism_and_seed(data_dir):
   cfg = config(data_dir)
-  a = take(data.make_train_iterator(cfg, global_batch_size=32, seed=0), 5)
-  b = take(data.make_train_iterator(cfg, global_batch_size=32, seed=0), 5)
-  c = take(data.make_train_iterator(cfg, global_batch_size=32, seed=1), 5)
+  a = take(pipeline.make_train_iterator(cfg, global_batch_size=32, seed=0), 5)
+  b = take(pipeline.make_train_iterator(cfg, global_batch_size=32, seed=0), 5)
+  c = take(pipeline.make_train_iterator(cfg, global_batch_size=32, seed=1), 5)
   assert_batches_equal(a, b)
   assert not np.array_equal(a[0]['label'], c[0]['label'])
 
@@ -139,7 +139,7 @@ def test_each_epoch_is_a_new_permutation(data_dir):
   cfg = config(data_dir)
   inputs, _ = whole_split(cfg, 'train')
   rows = lambda x: sorted(r.tobytes() for r in x)
-  batches = take(data.make_train_iterator(cfg, global_batch_size=479,
+  batches = take(pipeline.make_train_iterator(cfg, global_batch_size=479,
                                           seed=0), 6)  # 1437 = 3 * 479
   epochs = [np.concatenate([b['inputs'] for b in batches[i:i + 3]])
             for i in (0, 3)]
@@ -150,12 +150,12 @@ def test_each_epoch_is_a_new_permutation(data_dir):
 
 def test_iterator_state_restores_exact_position(data_dir):
   cfg = config(data_dir, 'mnist1d')
-  it = data.make_train_iterator(cfg, global_batch_size=24, seed=7)
+  it = pipeline.make_train_iterator(cfg, global_batch_size=24, seed=7)
   take(it, 170)  # past the first epoch (4000 / 24 < 170)
   state = it.get_state()
   json.dumps(state)  # grain's orbax handler stores it as JSON
   expected = take(it, 4)
-  fresh = data.make_train_iterator(cfg, global_batch_size=24, seed=7)
+  fresh = pipeline.make_train_iterator(cfg, global_batch_size=24, seed=7)
   fresh.set_state(state)
   assert_batches_equal(take(fresh, 4), expected)
 
@@ -165,9 +165,9 @@ def test_processes_split_the_single_process_global_batch(data_dir,
                                                          process_count):
   cfg = config(data_dir)
   steps = 20  # 20 * 96 > 1437: crosses an epoch boundary inside a batch
-  single_it = data.make_train_iterator(cfg, global_batch_size=96, seed=5)
+  single_it = pipeline.make_train_iterator(cfg, global_batch_size=96, seed=5)
   single = take(single_it, steps)
-  its = [data.make_train_iterator(cfg, global_batch_size=96, seed=5,
+  its = [pipeline.make_train_iterator(cfg, global_batch_size=96, seed=5,
                                   process_index=p, process_count=process_count)
          for p in range(process_count)]
   locals_ = [take(it, steps) for it in its]
@@ -189,7 +189,7 @@ def test_processes_split_the_single_process_global_batch(data_dir,
 def test_eval_covers_split_once_in_order(data_dir, process_count):
   cfg = config(data_dir)
   inputs, labels = whole_split(cfg, 'test', batch=360)
-  per_process = [list(data.make_eval_iterator(
+  per_process = [list(pipeline.make_eval_iterator(
       cfg, 'test', global_batch_size=48, process_index=p,
       process_count=process_count)) for p in range(process_count)]
   assert len({len(b) for b in per_process}) == 1  # same step count everywhere
@@ -206,7 +206,7 @@ def test_eval_covers_split_once_in_order(data_dir, process_count):
 
 
 def test_eval_can_be_iterated_twice(data_dir):
-  ev = data.make_eval_iterator(config(data_dir, 'mnist1d'), 'test',
+  ev = pipeline.make_eval_iterator(config(data_dir, 'mnist1d'), 'test',
                                global_batch_size=256)
   assert_batches_equal(list(ev), list(ev))
 
@@ -217,30 +217,30 @@ def test_eval_can_be_iterated_twice(data_dir):
 
 
 def test_unknown_dataset_raises(data_dir):
-  with pytest.raises(data.DatasetError, match='no_such_dataset') as e:
-    data.prepare('no_such_dataset', data_dir)
+  with pytest.raises(DatasetError, match='no_such_dataset') as e:
+    pipeline.prepare('no_such_dataset', data_dir)
   assert data_dir in str(e.value)
-  with pytest.raises(data.DatasetError, match="'mnist1d/nope'.*plain"):
-    data.prepare('mnist1d/nope', data_dir)
+  with pytest.raises(DatasetError, match="'mnist1d/nope'.*plain"):
+    pipeline.prepare('mnist1d/nope', data_dir)
 
 
 def test_unprepared_catalogue_dataset_raises(data_dir):
-  with pytest.raises(data.DatasetError, match="'mnist' is not prepared") as e:
-    data.prepare('mnist', data_dir)
+  with pytest.raises(DatasetError, match="'mnist' is not prepared") as e:
+    pipeline.prepare('mnist', data_dir)
   assert data_dir in str(e.value) and 'tfds build mnist' in str(e.value)
 
 
 def test_unknown_split_and_bad_batch_raise(data_dir):
   cfg = config(data_dir)
-  with pytest.raises(data.DatasetError,
+  with pytest.raises(DatasetError,
                      match=r"'validation'.*\['test', 'train'\]") as e:
-    data.make_eval_iterator(cfg, 'validation', global_batch_size=8)
+    pipeline.make_eval_iterator(cfg, 'validation', global_batch_size=8)
   assert f"'{data_dir}'" in str(e.value)
   cfg.train_split = 'validation'
-  with pytest.raises(data.DatasetError, match='digits'):
-    data.dataset_info(cfg)
-  with pytest.raises(data.DatasetError, match='multiple'):
-    data.make_train_iterator(config(data_dir), global_batch_size=10, seed=0,
+  with pytest.raises(DatasetError, match='digits'):
+    pipeline.dataset_info(cfg)
+  with pytest.raises(DatasetError, match='multiple'):
+    pipeline.make_train_iterator(config(data_dir), global_batch_size=10, seed=0,
                              process_count=4)
 
 
@@ -248,7 +248,7 @@ def test_prepare_is_idempotent(data_dir, monkeypatch):
   def fail(*args, **kwargs):
     raise AssertionError('dataset rebuilt')
   monkeypatch.setattr(builders.Digits, 'download_and_prepare', fail)
-  assert data.prepare('digits', data_dir).info.splits['train'].num_examples == 1437
+  assert pipeline.prepare('digits', data_dir).info.splits['train'].num_examples == 1437
 
 
 def test_concurrent_prepare_builds_once(tmp_path, monkeypatch):
@@ -261,7 +261,7 @@ def test_concurrent_prepare_builds_once(tmp_path, monkeypatch):
   errors = []
   def run():
     try:
-      data.prepare('digits', str(tmp_path))
+      pipeline.prepare('digits', str(tmp_path))
     except Exception as e:  # pylint: disable=broad-except
       errors.append(e)
   threads = [threading.Thread(target=run) for _ in range(3)]
@@ -277,9 +277,9 @@ def test_to_global_assembles_sharded_arrays(data_dir):
   mesh = jax.sharding.Mesh(np.array(jax.devices()), ('data',))
   sharding = jax.sharding.NamedSharding(
       mesh, jax.sharding.PartitionSpec('data', None, None, None))
-  batch = next(data.make_train_iterator(config(data_dir),
+  batch = next(pipeline.make_train_iterator(config(data_dir),
                                         global_batch_size=2 * n, seed=0))
-  out = data.to_global(batch, sharding)
+  out = pipeline.to_global(batch, sharding)
   assert out['inputs'].shape == (2 * n, 8, 8, 1)
   assert out['label'].sharding.spec == jax.sharding.PartitionSpec('data')
   np.testing.assert_array_equal(np.asarray(out['inputs']), batch['inputs'])

@@ -4,11 +4,11 @@ import ml_collections
 import numpy as np
 import pytest
 
-from perceiver_jax import data
+from perceiver_jax.data import pipeline
 from perceiver_jax import flow_metrics
 from perceiver_jax.data import flow_synthesis as fs
 from perceiver_jax.data.builders import skimage_flow
-from perceiver_jax.errors import UserError
+from perceiver_jax.errors import DatasetError, UserError
 
 
 def random_image(h=12, w=17, c=3, seed=0):
@@ -131,7 +131,7 @@ def data_dir(tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def tiny(data_dir):
-  return data.prepare('skimage_flow/tiny', data_dir)
+  return pipeline.prepare('skimage_flow/tiny', data_dir)
 
 
 def test_tiny_builder_counts_features_and_source_split(tiny):
@@ -188,5 +188,5 @@ def test_classification_pipeline_refuses_flow_data(tiny, data_dir):
   cfg = ml_collections.ConfigDict(dict(
       name='skimage_flow/tiny', data_dir=data_dir, train_split='train',
       eval_split='test'))
-  with pytest.raises(data.DatasetError, match='supervised_keys'):
-    data.dataset_info(cfg)
+  with pytest.raises(DatasetError, match='supervised_keys'):
+    pipeline.dataset_info(cfg)

@@ -13,7 +13,7 @@ from benchmarks.baselines import mean_flow_oracle_epe
 from configs import flow_autoflow, flow_skimage
 from perceiver_jax import trainer
 from perceiver_jax.data import pipeline
-from perceiver_jax.errors import UserError
+from perceiver_jax.errors import DatasetError, UserError
 from perceiver_jax.metrics_log import read
 from perceiver_jax.tasks.flow import (CenterFlowCrop, FlowTask, RandomFlowCrop, ToFlowExample,
                                       flow_metrics, flow_sums)
@@ -129,7 +129,7 @@ def test_bad_flow_settings_are_one_sentence(data_dir):
   with pytest.raises(UserError, match=r"config.data.crop_size=\(0, 4\) is not a crop"):
     validate_config(runlocal(flow_skimage, data_dir, **{'data.crop_size': (0, 4)}))
   pipeline.prepare('digits', data_dir)
-  with pytest.raises(pipeline.DatasetError, match=r"Dataset 'digits' has no 'frames', 'flow'"):
+  with pytest.raises(DatasetError, match=r"Dataset 'digits' has no 'frames', 'flow'"):
     checked_data_spec(runlocal(flow_skimage, data_dir, **{'data.name': 'digits'}))
 
 

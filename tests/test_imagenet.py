@@ -15,7 +15,7 @@ from perceiver_jax import evaluator, tasks, trainer
 from perceiver_jax import state as state_lib
 from perceiver_jax.data import pipeline
 from perceiver_jax.data.builders import photo_crops
-from perceiver_jax.errors import UserError
+from perceiver_jax.errors import DatasetError, UserError
 from perceiver_jax.metrics_log import read
 from perceiver_jax.tasks.classification import classification_loss
 from perceiver_jax.tasks.image_classification import (ImageClassificationTask,
@@ -222,15 +222,15 @@ def test_bad_settings_are_one_sentence(data_dir):
     validate_config(config(**{'data.randaugment_magnitude': 11.0}))
   with pytest.raises(UserError, match=r'config.data.mixup_alpha=-1.0 is invalid'):
     validate_config(config(**{'data.mixup_alpha': -1.0}))
-  with pytest.raises(pipeline.DatasetError, match=r"Dataset 'photo_crops' has 10 classes but "
+  with pytest.raises(DatasetError, match=r"Dataset 'photo_crops' has 10 classes but "
                                                   r"config.model.num_classes=1000; set"):
     checked_data_spec(config(**{'model.num_classes': 1000}))
   pipeline.prepare('digits', data_dir)
-  with pytest.raises(pipeline.DatasetError, match=r"Dataset 'digits' has no \(image uint8"):
+  with pytest.raises(DatasetError, match=r"Dataset 'digits' has no \(image uint8"):
     checked_data_spec(config(**{'data.name': 'digits', 'data.eval_split': 'test'}))
   full = imagenet_perceiver.get_config()
   full.data.data_dir = data_dir
-  with pytest.raises(pipeline.DatasetError, match=r"Dataset 'imagenet2012' is not prepared in "
+  with pytest.raises(DatasetError, match=r"Dataset 'imagenet2012' is not prepared in "
                                                   r".*downloads/manual\)\.$"):
     checked_data_spec(full)
 

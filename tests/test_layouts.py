@@ -16,6 +16,7 @@ from perceiver_jax import sharding as shd
 from perceiver_jax import state as state_lib
 from perceiver_jax import steps
 from perceiver_jax.errors import UserError
+from perceiver_jax.model.partitioning import constrain, logical_sharding
 from perceiver_jax.optim import make_optimizer
 from tests.helpers import assert_params_close, tiny_mnist1d_config
 
@@ -181,19 +182,22 @@ def test_layout_shortcut_writes_the_mesh():
 def test_constrain_is_a_no_op_outside_a_step_and_maps_names_inside():
   x = jax.numpy.ones((8, 4, 6))
   names = ('batch', 'latents', 'act_embed')
-  assert shd.constrain(x, names) is x  # eager, no context: model unit tests are unaffected
+  assert constrain(x, names) is x  # eager, no context: model unit tests are unaffected
   mesh = shd.make_mesh({'data': 2, 'fsdp': 2, 'tensor': 2})
-  rules = _config().sharding.rules
+  rules = shd.rules_dict(_config().sharding.rules)
 
   @jax.jit
   def f(x):
-    with shd.logical_sharding(mesh, rules):
-      return shd.constrain(x, names) * 2, shd.constrain(x, ('batch', 'length', 'act_mlp'))
+    with logical_sharding(mesh, rules):
+      return constrain(x, names) * 2, constrain(x, ('batch', 'length', 'act_mlp'))
   a, b = f(x)
   want = lambda *spec: jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*spec))
   assert a.sharding.is_equivalent_to(want(('data', 'fsdp'), None, None), 3)
   assert b.sharding.is_equivalent_to(want(('data', 'fsdp'), None, 'tensor'), 3)
   assert not a.sharding.is_equivalent_to(want(), 3)
   with pytest.raises(ValueError, match='2 names'):
-    with shd.logical_sharding(mesh, rules):
-      shd.constrain(x, ('batch', 'length'))
+    with logical_sharding(mesh, rules):
+      constrain(x, ('batch', 'length'))
+  with pytest.raises(TypeError, match='rules dict'):  # the config's list, not yet a dict
+    with logical_sharding(mesh, _config().sharding.rules):
+      pass

@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from perceiver_jax import data
+from perceiver_jax.data import pipeline
 from perceiver_jax.data import mlm_masking as mm
 from perceiver_jax.data.builders import python_stdlib as ps
 from perceiver_jax.errors import UserError
@@ -72,7 +72,7 @@ def test_windows_pad_the_last_partial_window():
 
 
 def test_tiny_builder_prepares_and_decodes_to_the_source(tmp_path):
-  builder = data.prepare('python_stdlib/tiny', str(tmp_path), ('train', 'test'))
+  builder = pipeline.prepare('python_stdlib/tiny', str(tmp_path), ('train', 'test'))
   assert builder.info.metadata['python_version'] == ps.python_version()
   files = {}
   for split in ps.SPLITS:

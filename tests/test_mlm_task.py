@@ -15,7 +15,7 @@ from perceiver_jax import state as state_lib
 from perceiver_jax import tasks
 from perceiver_jax import trainer
 from perceiver_jax.data import mlm_masking, pipeline
-from perceiver_jax.errors import UserError
+from perceiver_jax.errors import DatasetError, UserError
 from perceiver_jax.metrics_log import read
 from perceiver_jax.tasks.mlm import MlmTask, mlm_metrics, mlm_sums
 from perceiver_jax.tokenizer import NUM_SPECIAL_TOKENS, PAD_ID, VOCAB_SIZE
@@ -175,7 +175,7 @@ def test_bad_task_settings_are_one_sentence(data_dir):
   with pytest.raises(UserError, match=r"config.data.word_definition='words' is unknown"):
     validate_config(runlocal(mlm_stdlib, data_dir, **{'data.word_definition': 'words'}))
   pipeline.prepare('digits', data_dir)
-  with pytest.raises(pipeline.DatasetError, match=r"Dataset 'digits' has no 'bytes' \[window\] "
+  with pytest.raises(DatasetError, match=r"Dataset 'digits' has no 'bytes' \[window\] "
                                                   r"and 'length' features, so the mlm task"):
     checked_data_spec(runlocal(mlm_stdlib, data_dir, **{'data.name': 'digits'}))
 

@@ -11,6 +11,7 @@ from jax.sharding import PartitionSpec as P
 from configs import common
 from perceiver_jax import sharding as shd
 from perceiver_jax.errors import UserError
+from perceiver_jax.model.partitioning import logical_to_spec
 from perceiver_jax.optim import decay_mask, make_optimizer, make_schedule
 
 
@@ -30,12 +31,12 @@ def test_mesh_shape_fills_the_rest_and_rejects_mismatches():
 def test_logical_rules_map_names_and_replicate_indivisible_dims():
   mesh = shd.make_mesh({'data': 2, 'fsdp': 2, 'tensor': 2})
   rules = shd.rules_dict(common.get_config().sharding.rules)
-  assert shd.logical_to_spec(('embed', 'mlp'), (64, 128), mesh, rules) == P('fsdp', 'tensor')
+  assert logical_to_spec(('embed', 'mlp'), (64, 128), mesh, rules) == P('fsdp', 'tensor')
   # 35 input channels do not split over fsdp=2: replicated rather than failing.
-  assert shd.logical_to_spec(('input_channels', 'heads'), (35, 64), mesh, rules) == P(None, 'tensor')
+  assert logical_to_spec(('input_channels', 'heads'), (35, 64), mesh, rules) == P(None, 'tensor')
   # A mesh axis is used once per array.
-  assert shd.logical_to_spec(('embed', 'embed'), (8, 8), mesh, rules) == P('fsdp', None)
-  assert shd.logical_to_spec(None, (3,), mesh, rules) == P()
+  assert logical_to_spec(('embed', 'embed'), (8, 8), mesh, rules) == P('fsdp', None)
+  assert logical_to_spec(None, (3,), mesh, rules) == P()
   with pytest.raises(UserError, match='unknown mesh axis'):
     shd.rules_dict([('embed', 'model')])
 

@@ -16,7 +16,7 @@ from perceiver_jax import checkpoint as ckpt
 from perceiver_jax import tasks, trainer
 from perceiver_jax.data import pipeline, text_windows
 from perceiver_jax.data.builders import stdlib_docs
-from perceiver_jax.errors import UserError
+from perceiver_jax.errors import DatasetError, UserError
 from perceiver_jax.metrics_log import read
 from perceiver_jax.tasks.mlm import EncodeDocument, FixedSeedWholeWordMask, WindowAndMask
 from perceiver_jax.tokenizer import NUM_SPECIAL_TOKENS, PAD_ID, SEP_ID, VOCAB_SIZE
@@ -112,7 +112,7 @@ def test_checked_source_accepts_text_features_and_rejects_others():
   records = [{'text': b'UTF-8 bytes'}, {'text': 'a str'}, {'text': np.zeros(3, np.uint8)}]
   source = pipeline.CheckedSource(records, 'hand', 'train', {'text': ((), 'text')})
   assert source[0]['text'] == b'UTF-8 bytes' and source[1]['text'] == 'a str'
-  with pytest.raises(pipeline.DatasetError,
+  with pytest.raises(DatasetError,
                      match=r"Example 2 .* has 'text' of shape \(3,\) and dtype uint8, but the "
                            r"dataset declares shape \(\) and a string"):
     source[2]  # pylint: disable=pointless-statement
@@ -207,10 +207,10 @@ def test_text_classification_reads_declared_text_and_label_features(data_dir):
   inputs = task.model_inputs(batch)
   np.testing.assert_array_equal(inputs['input_mask'], batch['inputs'] != PAD_ID)
   pipeline.prepare('digits', data_dir)
-  with pytest.raises(pipeline.DatasetError, match=r"Dataset 'digits' has no text feature "
+  with pytest.raises(DatasetError, match=r"Dataset 'digits' has no text feature "
                                                   r"'text', so the text_classification task"):
     checked_data_spec(runlocal(text_classification, data_dir, **{'data.name': 'digits'}))
-  with pytest.raises(pipeline.DatasetError, match=r"Dataset 'digits' has no 'bytes' \[window\] "
+  with pytest.raises(DatasetError, match=r"Dataset 'digits' has no 'bytes' \[window\] "
                                                   r"and 'length' features, so the mlm task "
                                                   r"cannot read it, nor a text feature 'text'"):
     checked_data_spec(runlocal(mlm_c4, data_dir, **{'data.name': 'digits'}))

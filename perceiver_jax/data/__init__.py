@@ -1,21 +1,6 @@
-"""Data: TFDS builders for embedded datasets and a grain input pipeline."""
+"""Data: TFDS builders for embedded datasets, per-example transforms, and the grain pipeline.
 
-from perceiver_jax.data.pipeline import (
-    DatasetError,
-    DatasetSpec,
-    dataset_info,
-    make_eval_iterator,
-    make_train_iterator,
-    prepare,
-    to_global,
-)
-
-__all__ = [
-    'DatasetError',
-    'DatasetSpec',
-    'dataset_info',
-    'make_eval_iterator',
-    'make_train_iterator',
-    'prepare',
-    'to_global',
-]
+Nothing is imported here on purpose: the tasks import the leaf helpers (transforms,
+image_augment, mlm_masking, text_windows), and the pipeline (perceiver_jax/data/pipeline.py)
+imports the tasks, so importing a helper must not load the pipeline.
+"""

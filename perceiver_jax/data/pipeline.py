@@ -39,17 +39,14 @@ import jax
 import numpy as np
 import tensorflow_datasets as tfds
 
+from perceiver_jax import tasks
 from perceiver_jax.data import transforms
-from perceiver_jax.errors import UserError
 from perceiver_jax.data.builders import EMBEDDED
+from perceiver_jax.errors import DatasetError
 
 # Eval examples' random transforms draw from this fixed seed (not the run's), so eval
 # scores of different runs are computed on the same examples.
 EVAL_SEED = 1
-
-
-class DatasetError(UserError):
-  """A dataset cannot be used as configured; the message says what to do."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -202,13 +199,6 @@ def _per_example_shape(shape):
   return tuple(int(n) for n in shape)
 
 
-def _task_or_default(task):
-  if task is not None:
-    return task
-  from perceiver_jax import tasks  # pylint: disable=g-import-not-at-top  (tasks import data)
-  return tasks.default_task()
-
-
 def dataset_info(data_config, extra_splits: tuple[str, ...] = (),
                  task=None) -> DatasetSpec:
   """Shapes and sizes from the TFDS metadata (prepares embedded data once).
@@ -216,7 +206,7 @@ def dataset_info(data_config, extra_splits: tuple[str, ...] = (),
   The train and eval splits, and `extra_splits`, must exist. `task` (default
   classification) says which features make the inputs and the classes.
   """
-  task = _task_or_default(task)
+  task = task or tasks.default_task()
   splits = (data_config.train_split, data_config.eval_split, *extra_splits)
   builder = prepare(data_config.name, data_config.data_dir, splits,
                     manual_dir=getattr(data_config, 'manual_dir', None) or None)
@@ -262,11 +252,9 @@ class CheckedSource:
   """
 
   def __init__(self, source, dataset: str, split: str, features):
-    from perceiver_jax.tasks.base import CLASS_LABEL  # pylint: disable=g-import-not-at-top
     self._source = source
     self._dataset, self._split = dataset, split
     self._features = dict(features)
-    self._class_label = CLASS_LABEL
 
   def __len__(self) -> int:
     return len(self._source)
@@ -291,7 +279,7 @@ class CheckedSource:
       raise self._fail(index, f'lacks the features {sorted(missing)}')
     for key, declared in self._features.items():
       x = np.asarray(element[key])
-      if declared == self._class_label:
+      if declared == tasks.CLASS_LABEL:
         if x.ndim or x.dtype.kind not in 'iu':
           raise self._fail(index, f"has label {x.tolist()!r} of shape "
                                   f"{x.shape} and dtype {x.dtype}, but a "
@@ -360,7 +348,7 @@ def make_train_dataset(data_config, *, global_batch_size: int, seed: int,
                        ) -> grain.MapDataset:
   """This process's training batches as an infinite, random-access grain MapDataset:
   element i is the process's part of global batch i (see make_train_iterator)."""
-  task = _task_or_default(task)
+  task = task or tasks.default_task()
   local = _local_batch_size(global_batch_size, process_index, process_count)
   ops = task.train_transforms(data_config)  # a bad setting fails before data is read
   ds, _ = _examples(data_config, data_config.train_split, task)
@@ -470,7 +458,7 @@ def make_eval_iterator(data_config, split: str, *, global_batch_size: int,
   batches and each example appears exactly once across processes. Random eval
   transforms use EVAL_SEED. Iterating again starts from the beginning.
   """
-  task = _task_or_default(task)
+  task = task or tasks.default_task()
   local = _local_batch_size(global_batch_size, process_index, process_count)
   ds, num = _examples(data_config, split, task)
   ds = _apply(ds, task.eval_transforms(data_config), EVAL_SEED)

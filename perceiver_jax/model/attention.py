@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from perceiver_jax.model import chunked_attention as chunked
-from perceiver_jax.sharding import constrain
+from perceiver_jax.model.partitioning import constrain
 
 Dtype = Any
 

@@ -18,7 +18,7 @@ from flax import nnx
 
 from perceiver_jax.model import position_encoding as pe
 from perceiver_jax.model.attention import CrossAttention, dense, make_attention_mask
-from perceiver_jax.sharding import constrain
+from perceiver_jax.model.partitioning import constrain
 
 Dtype = Any
 

@@ -18,8 +18,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from perceiver_jax.model.attention import CrossAttention, SelfAttention
+from perceiver_jax.model.partitioning import constrain
 from perceiver_jax.model.position_encoding import TrainablePositionEncoding
-from perceiver_jax.sharding import constrain
 
 Dtype = Any
 

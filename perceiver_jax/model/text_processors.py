@@ -18,9 +18,13 @@ from flax import nnx
 
 from perceiver_jax.model.io_processors import PreprocessorOutput
 from perceiver_jax.model.position_encoding import TrainablePositionEncoding
-from perceiver_jax.tokenizer import VOCAB_SIZE
 
 Dtype = Any
+
+# The byte vocabulary the language Perceiver reads: 256 UTF-8 byte values shifted past the
+# special ids [PAD] [BOS] [EOS] [MASK] [CLS] [SEP]. perceiver_jax/tokenizer.py encodes into it.
+NUM_SPECIAL_TOKENS = 6
+VOCAB_SIZE = 256 + NUM_SPECIAL_TOKENS
 
 
 class TextPreprocessor(nnx.Module):

@@ -50,7 +50,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from perceiver_jax.errors import UserError
+from perceiver_jax.errors import DatasetError, UserError
 from perceiver_jax.tasks.base import CLASS_LABEL, Task
 
 # The model's modality names (the released multimodal model's) for each batch key.
@@ -150,7 +150,6 @@ class MultimodalAutoencodingTask(Task):
 
   # -- data -----------------------------------------------------------------------------------
   def features(self, builder):
-    from perceiver_jax.data.pipeline import DatasetError  # pylint: disable=g-import-not-at-top
     feats = builder.info.features
     ok = all(k in feats for k in MODALITIES)
     if ok:
@@ -178,7 +177,6 @@ class MultimodalAutoencodingTask(Task):
   def prepare(self, data_config, builder):
     samples = self.features(builder)['audio'][0][0]
     if samples % self.samples_per_patch:
-      from perceiver_jax.data.pipeline import DatasetError  # pylint: disable=g-import-not-at-top
       raise DatasetError(f"Dataset '{builder.name}' has {samples} audio samples, not a "
                          f'multiple of the model\'s {self.samples_per_patch} per patch.')
     return (StoredClip(),)

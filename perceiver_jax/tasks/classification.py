@@ -7,6 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from perceiver_jax.data import transforms
+from perceiver_jax.errors import DatasetError
 from perceiver_jax.tasks.base import CLASS_LABEL, Task
 
 
@@ -59,7 +61,6 @@ class ClassificationTask(Task):
 
   # -- data -----------------------------------------------------------------------------------
   def _keys(self, builder) -> tuple[str, str]:
-    from perceiver_jax.data.pipeline import DatasetError  # pylint: disable=g-import-not-at-top
     keys = builder.info.supervised_keys
     if not (isinstance(keys, tuple) and len(keys) == 2
             and all(isinstance(k, str) for k in keys)):
@@ -82,14 +83,11 @@ class ClassificationTask(Task):
     return builder.info.features[self._keys(builder)[1]].num_classes
 
   def prepare(self, data_config, builder):
-    from perceiver_jax.data import transforms  # pylint: disable=g-import-not-at-top
     inputs_key, label_key = self._keys(builder)
     normalize = getattr(data_config, 'normalize', None) or (0.0, 1.0)
     return (transforms.ToSupervised(inputs_key, label_key), transforms.Normalize(*normalize))
 
   def train_transforms(self, data_config):
-    from perceiver_jax.data import transforms  # pylint: disable=g-import-not-at-top
-    from perceiver_jax.data.pipeline import DatasetError  # pylint: disable=g-import-not-at-top
     augment = getattr(data_config, 'augment', '') or ''
     if augment not in transforms.AUGMENTATIONS:
       raise DatasetError(

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from perceiver_jax.errors import UserError
+from perceiver_jax.errors import DatasetError, UserError
 from perceiver_jax.tasks.base import Task
 
 # The data.* fields of this task, with their defaults.
@@ -188,7 +188,6 @@ class FlowTask(Task):
 
   # -- data -----------------------------------------------------------------------------------
   def features(self, builder):
-    from perceiver_jax.data.pipeline import DatasetError  # pylint: disable=g-import-not-at-top
     feats = builder.info.features
     if not all(k in feats for k in ('frames', 'flow', 'valid')):
       raise DatasetError(
@@ -203,7 +202,6 @@ class FlowTask(Task):
     size = _size(self.crop_size)
     if size is None:
       if None in stored:
-        from perceiver_jax.data.pipeline import DatasetError  # pylint: disable=g-import-not-at-top
         raise DatasetError(
             f"Dataset '{builder.name}' has frames of varying size {stored}; set "
             "config.data.crop_size=(height, width) so the model sees one size.")

@@ -33,7 +33,7 @@ import numpy as np
 import optax
 
 from perceiver_jax.data import image_augment, transforms
-from perceiver_jax.errors import UserError
+from perceiver_jax.errors import DatasetError, UserError
 from perceiver_jax.tasks.base import CLASS_LABEL, Task
 
 # The data.* fields of this task, with the recipe's values (reference experiment.py).
@@ -139,7 +139,6 @@ class ImageClassificationTask(Task):
 
   # -- data -----------------------------------------------------------------------------------
   def features(self, builder):
-    from perceiver_jax.data.pipeline import DatasetError  # pylint: disable=g-import-not-at-top
     keys = builder.info.supervised_keys
     feats = builder.info.features
     ok = (isinstance(keys, tuple) and len(keys) == 2

@@ -40,7 +40,7 @@ import optax
 import tensorflow_datasets as tfds
 
 from perceiver_jax.data import mlm_masking, text_windows
-from perceiver_jax.errors import UserError
+from perceiver_jax.errors import DatasetError, UserError
 from perceiver_jax.tasks.base import Task
 from perceiver_jax.tokenizer import PAD_ID, VOCAB_SIZE
 
@@ -169,7 +169,6 @@ class MlmTask(Task):
   # -- data -----------------------------------------------------------------------------------
   def _is_text(self, builder) -> bool:
     """True for a text corpus (a string feature text_key), False for a byte corpus."""
-    from perceiver_jax.data.pipeline import DatasetError  # pylint: disable=g-import-not-at-top
     feats = builder.info.features
     if 'bytes' in feats and 'length' in feats and len(feats['bytes'].shape) == 1:
       return False

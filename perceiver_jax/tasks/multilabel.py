@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from perceiver_jax.errors import UserError
+from perceiver_jax.errors import DatasetError, UserError
 from perceiver_jax.tasks.base import Task
 
 # The data.* fields of this task, with their defaults.
@@ -67,6 +67,7 @@ def average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
 
 def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
   """ROC AUC of one class (Mann-Whitney with mid-ranks for ties); needs both labels."""
+  # On use: scipy.stats is slow to load and only multilabel evaluation needs it.
   from scipy.stats import rankdata  # pylint: disable=g-import-not-at-top
   positive = labels > 0
   num_pos, num_neg = positive.sum(), (~positive).sum()
@@ -83,6 +84,7 @@ def multilabel_metrics(scores: np.ndarray, labels: np.ndarray) -> dict[str, floa
   'map' averages the classes with >= 1 positive ('num_classes_scored' of them); 'auc' those
   with positives and negatives; NaN where no class qualifies.
   """
+  # On use, as in roc_auc.
   from scipy.stats import norm  # pylint: disable=g-import-not-at-top
   scores = np.asarray(scores, np.float64)
   labels = np.asarray(labels) > 0.5
@@ -195,7 +197,6 @@ class MultilabelTask(Task):
 
   # -- data -----------------------------------------------------------------------------------
   def features(self, builder):
-    from perceiver_jax.data.pipeline import DatasetError  # pylint: disable=g-import-not-at-top
     feats = builder.info.features
     wanted = [self.inputs_key, self.labels_key] + ([self.video_key] if self.video_key else [])
     missing = [k for k in wanted if k not in feats]

@@ -22,7 +22,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from perceiver_jax.data import text_windows
-from perceiver_jax.errors import UserError
+from perceiver_jax.errors import DatasetError, UserError
 from perceiver_jax.tasks.base import CLASS_LABEL
 from perceiver_jax.tasks.classification import ClassificationTask
 from perceiver_jax.tokenizer import PAD_ID
@@ -74,7 +74,6 @@ class TextClassificationTask(ClassificationTask):
   # -- data -----------------------------------------------------------------------------------
   def _keys(self, builder) -> tuple[tuple[str, ...], str]:
     """(text keys, label key) from config.data or the dataset's supervised_keys."""
-    from perceiver_jax.data.pipeline import DatasetError  # pylint: disable=g-import-not-at-top
     supervised = builder.info.supervised_keys
     pair = (isinstance(supervised, tuple) and len(supervised) == 2
             and all(isinstance(k, str) for k in supervised))

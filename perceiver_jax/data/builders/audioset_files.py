@@ -171,6 +171,7 @@ def read_clip(path: str, cfg: AudiosetFilesConfig) -> dict[str, np.ndarray]:
   """'audio' float32 [num_samples] padded/cut, 'num_samples', and 'video' if the config has it."""
   video = None
   if path.endswith('.wav'):
+    # On use: only .wav clips need it, and only while preparing.
     from scipy.io import wavfile  # pylint: disable=g-import-not-at-top
     rate, audio = wavfile.read(path)
   else:

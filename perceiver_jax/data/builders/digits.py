@@ -34,6 +34,7 @@ SPLIT_SEED = 0
 
 def split_indices() -> dict[str, np.ndarray]:
   """Returns sorted row indices into `load_digits()` for 'train' and 'test'."""
+  # On use: the pipeline loads every builder; only preparing this one needs scikit-learn.
   from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
   from sklearn.model_selection import train_test_split  # pylint: disable=g-import-not-at-top
 
@@ -72,6 +73,7 @@ class Digits(tfds.core.GeneratorBasedBuilder):
 
   def _split_generators(self, dl_manager):
     del dl_manager  # The data ships with scikit-learn.
+    # On use, as in split_indices.
     from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
 
     digits = load_digits()

@@ -230,6 +230,7 @@ def find_pairs(config, manual_dir: str) -> list[Pair]:
 
 
 def _read_rgb(path: str) -> np.ndarray:
+  # On use: the pipeline loads every builder; only preparing this one reads PNGs.
   from PIL import Image  # pylint: disable=g-import-not-at-top
   try:
     with Image.open(path) as image:
@@ -240,7 +241,7 @@ def _read_rgb(path: str) -> np.ndarray:
 
 def _read_mask(path: str) -> np.ndarray:
   """True where a mask PNG is nonzero (any channel), bool [H, W]."""
-  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top  (on use, as in _read_rgb)
   try:
     with Image.open(path) as image:
       mask = np.asarray(image)

@@ -48,6 +48,7 @@ from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
 
+from perceiver_jax.data.builders import skimage_flow
 from perceiver_jax.errors import UserError
 
 CSV_COLUMNS = ('label', 'youtube_id', 'time_start', 'time_end', 'split')
@@ -263,8 +264,6 @@ class KineticsFiles(tfds.core.GeneratorBasedBuilder):
                      'clip': name}
 
   def _generate_synthetic(self, split: str, num: int):
-    # Imported here: the manual config does not need scikit-image.
-    from perceiver_jax.data.builders import skimage_flow  # pylint: disable=g-import-not-at-top
     cfg = self.builder_config
     names = skimage_flow.SPLIT_SOURCES[split]
     images = [skimage_flow.load_source(name) for name in names]

@@ -41,6 +41,7 @@ def generate(shuffle_seq: bool) -> dict[str, np.ndarray]:
   `make_dataset` reseeds Python's and NumPy's global RNGs; we restore them so
   that preparing the data does not perturb the caller's randomness.
   """
+  # On use: the pipeline loads every builder; only preparing this one needs the mnist1d package.
   from mnist1d.data import get_dataset_args, make_dataset  # pylint: disable=g-import-not-at-top
 
   args = get_dataset_args()

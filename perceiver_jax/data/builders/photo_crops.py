@@ -47,6 +47,7 @@ SEED = 0
 
 def load_photo(name: str) -> np.ndarray:
   """One photograph from `skimage.data` as uint8 [H, W, 3]."""
+  # On use: the pipeline loads every builder; only preparing this one needs scikit-image.
   from skimage import data as skdata  # pylint: disable=g-import-not-at-top
 
   image = np.asarray(getattr(skdata, name)())

@@ -58,6 +58,7 @@ MAX_CROP_TRIES = 20
 
 def load_source(name: str) -> np.ndarray:
   """One source photograph from `skimage.data` as uint8 [H, W, 3]."""
+  # On use: the pipeline loads every builder; only preparing this one needs scikit-image.
   from skimage import data as skdata  # pylint: disable=g-import-not-at-top
 
   if name.startswith('stereo_motorcycle_'):
