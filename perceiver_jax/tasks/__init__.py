@@ -20,6 +20,8 @@ the pipeline, steps, trainer and evaluator go through.
 
 from __future__ import annotations
 
+import difflib
+
 import ml_collections
 
 from perceiver_jax.errors import UserError
@@ -42,8 +44,10 @@ TASKS = {'classification': ClassificationTask, 'flow': FlowTask,
 
 def _task_class(name) -> type[Task]:
   if name not in TASKS:
+    close = difflib.get_close_matches(str(name), list(TASKS), n=1)
+    hint = f' (did you mean {close[0]!r}?)' if close else ''
     raise UserError(f'config.task.name={name!r} is unknown; use one of '
-                    f'{", ".join(repr(t) for t in TASKS)}.')
+                    f'{", ".join(repr(t) for t in TASKS)}{hint}.')
   return TASKS[name]
 
 
