@@ -12,10 +12,11 @@
                    (text_classification.py)
 
 A config names its task in one section, `config.task = task_config('mlm', mask_prob=0.2)`:
-the name plus every constructor argument of that task (Task.settings(), defaults filled
-in), so each is overridable as --config.task.mask_prob=0.3. `get_task(config)` builds
-TASKS[name](**settings, **model_kwargs); perceiver_jax/tasks/base.py defines the interface
-the pipeline, steps, trainer and evaluator go through.
+the name plus every constructor argument of that task but those taken from config.model
+(Task.settings(), defaults filled in), so each is overridable as --config.task.mask_prob=0.3.
+`get_task(config)` builds TASKS[name](**settings, **model_kwargs(config.model));
+perceiver_jax/tasks/base.py defines the interface the pipeline, steps, trainer and
+evaluator go through.
 """
 
 from __future__ import annotations
