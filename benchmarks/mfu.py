@@ -11,7 +11,7 @@ The model: by default the ImageNet Perceiver IO of configs/pretrained/vision_per
 widening 1; one-query classification decoder, 1000 classes), from the shapes in IMAGENET so
 that a host without ml_collections can run it; --tiny shrinks it to check on a CPU. With
 --config, any experiment config (its model at full size; needs ml_collections): image
-inputs of data.image_size, or for a text model token ids of preprocessor.max_seq_len with
+inputs of task.image_size, or for a text model token ids of preprocessor.max_seq_len with
 a label per position.
 
 The step: AdamW on float32 parameters, --dtype compute, cross-entropy, the state donated,
@@ -163,7 +163,7 @@ def model_and_batch(args, dtype, attention_impl):
       y = rng.integers(0, int(model_cfg.num_classes), (args.batch, length))
       shape, x = (length,), jnp.asarray(x, jnp.int32)
     else:
-      size = int(config.data.get('image_size', 224))
+      size = int(config.task.get('image_size', 224))
       shape = (size, size, 3)
       x = jnp.asarray(rng.normal(size=(args.batch,) + shape), jnp.float32)
       y = rng.integers(0, int(model_cfg.num_classes), args.batch)

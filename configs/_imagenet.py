@@ -39,6 +39,8 @@ on the embedded photo_crops dataset (same features as imagenet2012), prepared of
 import math
 import os
 
+from perceiver_jax import tasks
+
 TRAIN_EXAMPLES = 1_281_167  # TFDS imagenet2012 'train'
 EPOCHS = 110
 BATCH_SIZE = 1024
@@ -53,17 +55,15 @@ def parse(arg, common, **extra):
 
 def apply_recipe(config, variant):
   """Data, task, optimizer and schedule of the recipe (full size, or runlocal)."""
-  config.task = 'image_classification'
+  # The task's defaults are the recipe's values; listed here as the recipe.
+  config.task = tasks.task_config(
+      'image_classification', label_smoothing=0.1,
+      image_size=RUNLOCAL_IMAGE_SIZE if variant.runlocal else 224,
+      randaugment_layers=4, randaugment_magnitude=5.0, mixup_alpha=0.2, cutmix_alpha=1.0)
   data = config.data
   data.name = 'photo_crops' if variant.runlocal else 'imagenet2012'
   data.train_split = 'train'
   data.eval_split = 'validation'
-  # Read by the image_classification task (its DEFAULTS are the recipe's values).
-  data.image_size = RUNLOCAL_IMAGE_SIZE if variant.runlocal else 224
-  data.randaugment_layers = 4
-  data.randaugment_magnitude = 5.0
-  data.mixup_alpha = 0.2
-  data.cutmix_alpha = 1.0
   # Worker processes each build whole batches (decode, crop, RandAugment, MixUp in
   # numpy/PIL: about 25 ms an image on one core); all but two of the host's cores. On an
   # H200 host 14 of them kept up with the bare step at batch 64 (docs/results.md).
@@ -78,7 +78,6 @@ def apply_recipe(config, variant):
   # As the reference: (examples x epochs) // batch.
   train.num_steps = variant.steps or (
       4 if variant.runlocal else (TRAIN_EXAMPLES * variant.epochs) // batch)
-  train.label_smoothing = 0.1
   train.log_every_steps = 2 if variant.runlocal else 100
   train.eval_every_steps = 0 if variant.runlocal else math.ceil(10 * steps_per_epoch)
 

@@ -39,7 +39,7 @@ remain [unconfirmed] (this framework's choices) until a source for them is found
                  weight decay 0.1 (not on biases/norms), clipping 10, batch 512 (the
                  ImageNet recipe of Perceiver IO App. A.1, which however uses no warmup).
   Not implemented: the paper's evaluation averages the scores of 16 overlapping 32-frame
-  clips covering each 10 s video; here one centre window is scored (data.clip_samples).
+  clips covering each 10 s video; here one centre window is scored (task.clip_samples).
   Nor the paper's video dropout for audio+video (the whole video stream zeroed for 30% of
   the training examples), SpecAugment, or the mel-spectrogram input (4,800 inputs).
 
@@ -53,6 +53,7 @@ Variants (configs/audioset_perceiver.py:modality=audio,runlocal,steps=N):
 """
 
 from configs import common
+from perceiver_jax import tasks
 from perceiver_jax.model.build_multimodal import modality_config
 
 NUM_CLASSES = 527
@@ -90,15 +91,14 @@ def get_config(arg=None):
     raise ValueError(f"Unknown modality {variant.modality!r}; use 'audio' or 'audio_video'.")
   small = variant.runlocal
   video = variant.modality == 'audio_video'
-  config.task = 'multilabel'
+  config.task = tasks.task_config(
+      'multilabel', inputs_key='audio', labels_key='labels', video_key='video' if video else '',
+      clip_samples=0 if small else CLIP_SAMPLES,  # generated clips: whole (4096 samples)
+      clip_frames=0 if small else CLIP_FRAMES)
   data = config.data
   data.name = ('audioset_files/generated' if small
                else f'audioset_files/{"audio_video" if video else "audio"}')
   data.train_split, data.eval_split = 'train', 'test'
-  data.inputs_key, data.labels_key = 'audio', 'labels'
-  data.video_key = 'video' if video else ''
-  data.clip_samples = 0 if small else CLIP_SAMPLES   # generated clips: whole (4096 samples)
-  data.clip_frames = 0 if small else CLIP_FRAMES
 
   model = config.model
   model.num_classes = 8 if small else NUM_CLASSES

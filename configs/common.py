@@ -6,6 +6,7 @@ can be overridden on the command line: `--config.optimizer.learning_rate=3e-4`.
 
 import ml_collections
 
+from perceiver_jax import tasks
 from perceiver_jax.model.build import default_model_config
 
 
@@ -30,7 +31,9 @@ def parse_arg(arg: str | None, **defaults):
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0
-  config.task = 'classification'  # what the data, loss and metrics are: perceiver_jax/tasks
+  # What the data, loss and metrics are: the task's name and every setting of it
+  # (perceiver_jax/tasks), e.g. --config.task.label_smoothing=0.1.
+  config.task = tasks.task_config('classification')
   # Fine-tuning: start a new run from the weights of a checkpoint (a train.py or
   # perceiver-convert workdir). Parameters whose '/'-joined path fully matches the
   # regex init_exclude (e.g. 'decoder/.*') keep their fresh initialisation.
@@ -68,7 +71,6 @@ def get_config() -> ml_collections.ConfigDict:
       max_steps_per_run=0,      # >0: stop (with a checkpoint) after this many steps; rerun resumes
       log_every_steps=50,
       eval_every_steps=0,       # 0: evaluate only at the end
-      label_smoothing=0.0,
       grad_accum_steps=1,       # >1: split each batch into this many micro-batches, one update
       loss_scale_init=2.0**15,  # model.dtype=float16 only: initial dynamic loss scale
       loss_scale_period=2000,   # float16 only: double the scale after this many finite steps

@@ -42,6 +42,7 @@ Variants (configs/flow_autoflow.py:data=kitti2015,batch=64):
 
 from configs import common
 from configs.pretrained import optical_flow_perceiver
+from perceiver_jax import tasks
 
 DATASETS = ('autoflow', 'sintel_clean', 'sintel_final', 'kitti2015')
 # AutoFlow's size as Perceiver IO App. H states it (the static_40k release has 40,000);
@@ -56,14 +57,11 @@ def get_config(arg=None):
     raise ValueError(f'Unknown data={variant.data!r}; use one of {DATASETS}.')
   config = optical_flow_perceiver.get_config()
   del config['convert']  # only convert.py reads it
-  config.task = 'flow'
+  config.task = tasks.task_config('flow', crop_size=optical_flow_perceiver.TRAIN_SIZE,
+                                  flip=True, flow_loss='epe', valid_only=True)
   config.data.name = f'flow_files/{variant.data}'
   config.data.train_split = 'train'
   config.data.eval_split = 'validation'
-  config.data.crop_size = optical_flow_perceiver.TRAIN_SIZE
-  config.data.flip = True
-  config.data.flow_loss = 'epe'
-  config.data.valid_only = True
 
   config.train.batch_size = variant.batch
   examples = TRAIN_EXAMPLES.get(variant.data, 40_000)
@@ -86,7 +84,7 @@ def get_config(arg=None):
   if variant.runlocal:
     config.data.name = 'skimage_flow/tiny'
     config.data.train_split, config.data.eval_split = 'train', 'test'
-    config.data.crop_size = (12, 12)
+    config.task.crop_size = (12, 12)
     model = config.model
     model.preprocessor.num_channels = 16
     model.preprocessor.position_encoding.num_bands = 4

@@ -19,17 +19,17 @@ Variants (configs/flow_skimage.py:runlocal,steps=N):
 """
 
 from configs import common
+from perceiver_jax import tasks
 
 
 def get_config(arg=None):
   config = common.get_config()
   variant = common.parse_arg(arg, runlocal=False, steps=0)
-  config.task = 'flow'
+  config.task = tasks.task_config(
+      'flow', crop_size=(),  # the stored 64x64 (16x16 for runlocal)
+      flip=True,             # mirrored pairs (dx negated): more distinct training pairs
+      flow_loss='epe', valid_only=True)
   config.data.name = 'skimage_flow/tiny' if variant.runlocal else 'skimage_flow/crop64'
-  config.data.crop_size = None   # the stored 64x64 (16x16 for runlocal)
-  config.data.flip = True        # mirrored pairs (dx negated): more distinct training pairs
-  config.data.flow_loss = 'epe'
-  config.data.valid_only = True
   size = 16 if variant.runlocal else 64
 
   model = config.model

@@ -47,6 +47,7 @@ Variants (configs/kinetics_autoencoding.py:runlocal,steps=N):
 
 from configs import common
 from configs.pretrained import multimodal_perceiver as released
+from perceiver_jax import tasks
 
 # runlocal: the generated clips of kinetics_files/synthetic.
 TINY_FRAMES, TINY_SIZE, TINY_SAMPLES, TINY_CLASSES = 4, 16, 256, 4
@@ -80,19 +81,16 @@ def get_config(arg=None):
   config = common.get_config()
   pretrained = released.get_config()
   config.model = pretrained.model
-  config.task = 'multimodal_autoencoding'
   config.data.name = 'kinetics_files/synthetic' if variant.runlocal else 'kinetics_files/k700'
   config.data.train_split = 'train'
   config.data.eval_split = 'test' if variant.runlocal else 'validation'
-  # perceiver_jax/tasks/autoencoding.py reads these data fields.
-  config.data.video_weight = 0.03
-  config.data.audio_weight = 1.0
-  config.data.label_weight = 0.0001
-  config.data.video_psnr_range = 1.0   # pixels in [0, 1]
-  config.data.audio_psnr_range = 2.0   # samples in [-1, 1]
-  # Decoded per training example (and batch); evaluation decodes all outputs.
-  config.data.train_video_points = 256 if variant.runlocal else 512
-  config.data.train_audio_patches = 8 if variant.runlocal else 32
+  config.task = tasks.task_config(
+      'multimodal_autoencoding', video_weight=0.03, audio_weight=1.0, label_weight=0.0001,
+      video_psnr_range=1.0,  # pixels in [0, 1]
+      audio_psnr_range=2.0,  # samples in [-1, 1]
+      # Decoded per training example (and batch); evaluation decodes all outputs.
+      train_video_points=256 if variant.runlocal else 512,
+      train_audio_patches=8 if variant.runlocal else 32)
 
   if variant.runlocal:
     _shrink(config.model)

@@ -47,6 +47,7 @@ Variants (configs/mlm_c4.py:data=wikipedia,steps=N):
 
 from configs import common
 from configs.pretrained import language_perceiver
+from perceiver_jax import tasks
 
 # TFDS name, train split, eval split; each corpus has a 'text' feature.
 DATASETS = {
@@ -87,7 +88,6 @@ def get_config(arg=None):
     raise ValueError(f'Unknown mlm_c4 data variant {variant.data!r}; use one of '
                      f'{sorted(DATASETS)}.')
   config = language_perceiver.get_config()  # the released architecture, as it is
-  config.task = 'mlm'
   name, train_split, eval_split = DATASETS[variant.data]
   if variant.runlocal:
     name, train_split, eval_split = 'stdlib_docs/tiny', 'train', 'test'
@@ -95,14 +95,11 @@ def get_config(arg=None):
   config.data.name = name
   config.data.train_split = train_split
   config.data.eval_split = eval_split
-  # perceiver_jax/tasks/mlm.py reads these data fields.
-  config.data.text_key = 'text'
-  config.data.seq_len = config.model.preprocessor.max_seq_len  # 2048: the model's input
-  config.data.mask_prob = 0.15
-  config.data.mask_token_prob = 0.8
-  config.data.random_token_prob = 0.1
-  config.data.word_definition = 'space'
-  config.data.eval_mask_seed = 1  # fixed: eval scores compare across runs
+  config.task = tasks.task_config(
+      'mlm', text_key='text',
+      seq_len=config.model.preprocessor.max_seq_len,  # 2048: the model's input
+      mask_prob=0.15, mask_token_prob=0.8, random_token_prob=0.1, word_definition='space',
+      eval_mask_seed=1)  # fixed: eval scores compare across runs
 
   config.train.batch_size = 8 if variant.runlocal else 2048  # Table 12
   config.train.num_steps = variant.steps or (4 if variant.runlocal else 500_000)

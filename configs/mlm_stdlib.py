@@ -18,20 +18,19 @@ Variants (configs/mlm_stdlib.py:runlocal,steps=N):
 """
 
 from configs import common
+from perceiver_jax import tasks
 from perceiver_jax.tokenizer import VOCAB_SIZE  # 256 bytes + the special ids
 
 
 def get_config(arg=None):
   config = common.get_config()
   variant = common.parse_arg(arg, runlocal=False, steps=0)
-  config.task = 'mlm'
+  # Whole-word masking (perceiver_jax/tasks/mlm.py).
+  config.task = tasks.task_config(
+      'mlm', mask_prob=0.15, mask_token_prob=0.8, random_token_prob=0.1,
+      word_definition='code',  # identifiers and operator runs are words
+      eval_mask_seed=1)        # fixed: eval scores compare across runs
   config.data.name = 'python_stdlib/tiny' if variant.runlocal else 'python_stdlib/full'
-  # Whole-word masking (perceiver_jax/tasks/mlm.py reads these data fields).
-  config.data.mask_prob = 0.15
-  config.data.mask_token_prob = 0.8
-  config.data.random_token_prob = 0.1
-  config.data.word_definition = 'code'  # identifiers and operator runs are words
-  config.data.eval_mask_seed = 1        # fixed: eval scores compare across runs
 
   seq_len = 128 if variant.runlocal else 512  # the dataset's window
   d_model = 32 if variant.runlocal else 128   # byte embedding = decoder query width

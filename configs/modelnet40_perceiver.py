@@ -110,7 +110,7 @@ def get_config(arg=None):
                                              else 50_000)
   config.train.log_every_steps = 2 if variant.runlocal else 50 if small else 500
   config.train.eval_every_steps = 0 if variant.runlocal else 500 if small else 5000
-  config.train.label_smoothing = 0.0
+  config.task.label_smoothing = 0.0
   config.eval.batch_size = 32 if variant.runlocal else 256
   # Latent telemetry draws images of grid inputs; a point cloud has no grid: off.
   config.eval.telemetry_examples = 0

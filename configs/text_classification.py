@@ -45,6 +45,7 @@ Variants (configs/text_classification.py:data=mnli,steps=N):
 
 from configs import common
 from configs import mlm_c4
+from perceiver_jax import tasks
 
 # TFDS name, text features, train split, eval split, classes, training examples.
 DATASETS = {
@@ -73,19 +74,15 @@ def get_config(arg=None):
                      f'of {sorted(DATASETS)}.')
   # The pretrained model's config, so the loaded encoder has the checkpoint's shapes.
   config = mlm_c4.get_config('runlocal' if variant.runlocal else None)
-  config.task = 'text_classification'
   name, text_keys, train_split, eval_split, num_classes, num_train = (
       RUNLOCAL if variant.runlocal else DATASETS[variant.data])
   data = config.data
   data.name = name
   data.train_split = train_split
   data.eval_split = eval_split
-  data.text_keys = text_keys
-  data.label_key = 'label'
-  data.seq_len = variant.seq_len or config.model.preprocessor.max_seq_len
-  for key in ('text_key', 'mask_prob', 'mask_token_prob', 'random_token_prob',
-              'word_definition', 'eval_mask_seed'):
-    del data[key]  # MLM settings
+  config.task = tasks.task_config(  # replaces mlm_c4's MLM section
+      'text_classification', text_keys=text_keys, label_key='label',
+      seq_len=variant.seq_len or config.model.preprocessor.max_seq_len)
 
   model = config.model
   model.num_classes = num_classes

@@ -5,6 +5,7 @@ absl and ml_collections report a bad flag as a "FATAL Flags parsing error" or a 
 when it fails, works out which flag is wrong and says how to fix it:
 
   --config.train.batchsize=1   -> names the field and the closest valid ones (difflib)
+  --config.data.mask_prob=0.2  -> a field that moved: names its new place (MOVED_TABLES)
   --config.train.batch_size=ab -> names the field's type and current value
   --config=configs/nope.py     -> lists the config files next to it
   --config=configs/x.py:foo=1  -> the config's own message about its variant keys
@@ -21,8 +22,13 @@ import sys
 from absl import flags
 
 from perceiver_jax.errors import UserError
+from perceiver_jax.moved_flags import MOVED_FLAGS
 
 CONFIG_FLAG = 'config'
+# Every table of moved config fields (old path -> new path, below `config.`) an override
+# is checked against, first match wins.
+# INTEGRATOR: add perceiver_jax.model.build.MOVED_MODEL_FLAGS to this tuple.
+MOVED_TABLES: tuple[dict[str, str], ...] = (MOVED_FLAGS,)
 
 
 def _one_line(text: str) -> str:
@@ -85,13 +91,17 @@ def _load_config(spec: str):
                     f'{_one_line(e)}') from None
 
 
+def _is_section(value) -> bool:
+  return hasattr(value, 'keys') and hasattr(value, 'get_type')  # a nested ConfigDict
+
+
 def _field_paths(config, prefix: str = '') -> list[str]:
   out = []
   for key in config.keys():
     path = f'{prefix}{key}'
     out.append(path)
     value = config[key]
-    if hasattr(value, 'keys') and hasattr(value, 'get_type'):  # a nested ConfigDict
+    if _is_section(value):
       out.extend(_field_paths(value, path + '.'))
   return out
 
@@ -109,7 +119,26 @@ def _lookup(config, path: str):
   return node, leaf
 
 
+def _moved(path: str, arg: str, config) -> str | None:
+  """The sentence for an override of a field that moved, or None."""
+  for table in MOVED_TABLES:
+    new = table.get(path)
+    if new is None:
+      continue
+    found = _lookup(config, path)
+    if found is not None and not _is_section(found[0][found[1]]):
+      return None  # an older config file that still has the field: it overrides fine
+    new_arg = arg.replace(f'{CONFIG_FLAG}.{path}', f'{CONFIG_FLAG}.{new}', 1)
+    return f'config.{path} moved to config.{new}; use {new_arg}.'
+  return None
+
+
 def _unknown_field(path: str, arg: str, config) -> str:
+  task = config.get('task')
+  if path.startswith('task.') and _is_section(task) and 'name' in task:
+    settings = ', '.join(k for k in task.keys() if k != 'name') or 'none'
+    return (f'{arg.split("=", 1)[0]} names no setting of task {task.name!r}; its settings '
+            f'are {settings} (perceiver_jax/tasks).')
   paths = _field_paths(config)
   leaf = path.split('.')[-1]
   close = difflib.get_close_matches(path, paths, n=3, cutoff=0.6)
@@ -150,6 +179,9 @@ def explain(argv: list[str], error: Exception,
   if spec is not None:
     config = _load_config(spec)  # raises its own sentence for a missing or broken file
     for path, arg in _overrides(argv):
+      moved = _moved(path, arg, config)
+      if moved:
+        return moved
       if _lookup(config, path) is None:
         return _unknown_field(path, arg, config)
   message = _one_line(error)

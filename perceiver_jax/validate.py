@@ -26,6 +26,7 @@ from perceiver_jax.model import image_processors as img
 from perceiver_jax.model import io_processors as io_proc
 from perceiver_jax.model.attention import MLP_ACTIVATIONS
 from perceiver_jax.model.encoder import REMAT_POLICIES
+from perceiver_jax.moved_flags import MOVED_FLAGS
 from perceiver_jax.optim import OPTIMIZERS, SCHEDULES
 
 ATTENTION_IMPLS = (None, 'xla', 'cudnn')
@@ -208,7 +209,6 @@ def _check_training(config) -> None:
   _at_least(config, 'train.max_steps_per_run', 0)
   _at_least(config, 'train.eval_every_steps', 0)
   _at_least(config, 'train.log_every_steps', 0)
-  _in_range(config, 'train.label_smoothing', 0.0, 1.0)
   opt = config.optimizer
   _choice(config, 'optimizer.name', OPTIMIZERS)
   _choice(config, 'optimizer.schedule', SCHEDULES)
@@ -240,10 +240,14 @@ def _check_precision(config, training: bool) -> None:
 
 
 def _check_task(config) -> None:
-  """config.task names a registered task; then the task checks its own fields."""
+  """config.task is a registered task's section, no moved field remains in its old place,
+  then the task checks its own settings."""
   from perceiver_jax import tasks  # pylint: disable=g-import-not-at-top
-  if 'task' in config:
-    _choice(config, 'task', tuple(tasks.TASKS))
+  for old, new in MOVED_FLAGS.items():
+    parent, _, leaf = old.rpartition('.')
+    if parent and leaf in config.get(parent, {}):  # a config file written before the move
+      raise UserError(f'config.{old} moved to config.{new}; set it there (a config file: '
+                      f"config.task = tasks.task_config(name, {leaf}=...)).")
   tasks.get_task(config).check_config(config)
 
 

@@ -203,7 +203,7 @@ def truncate_array_files(directory: str) -> int:
 
 def runlocal(module, data_dir: str, arg: str = 'runlocal', **overrides):
   """module.get_config(arg) (a configs/*.py module) reading its data from data_dir, with
-  dotted-key overrides: runlocal(flow_skimage, d, **{'data.flip': False})."""
+  dotted-key overrides: runlocal(flow_skimage, d, **{'task.flip': False})."""
   config = module.get_config(arg)
   config.data.data_dir = data_dir
   return set_dotted(config, overrides)

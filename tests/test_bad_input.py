@@ -125,7 +125,7 @@ CASES = [
     (['--config.checkpoint.every_steps=0'], 'checkpoint.every_steps must be a positive int'),
     (['--config.data.worker_count=-2'], 'config.data.worker_count must be an int >= 0, got -2'),
     (['--config.data.device_prefetch=-1'], 'config.data.device_prefetch must be an int >= 0'),
-    (['--config.train.label_smoothing=1.0'], 'label_smoothing=1.0 is out of range'),
+    (['--config.task.label_smoothing=1.0'], 'config.task.label_smoothing=1.0 is out of range'),
     (['--config.model.encoder.dropout_prob=1.5'], 'dropout_prob=1.5 is out of range'),
     # Fine-tuning sources.
     (['--config.init_from=/no/such/run'], 'config.init_from=/no/such/run does not exist'),

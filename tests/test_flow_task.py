@@ -115,7 +115,7 @@ def test_center_crop_and_scaling():
   assert out['inputs'].dtype == np.float32 and out['valid'].dtype == np.float32
   frames = _example()['frames'][:, 2:4, 2:6].astype(np.float32)
   np.testing.assert_allclose(out['inputs'], frames / 255 * 2 - 1, atol=1e-6)
-  with pytest.raises(UserError, match=r'smaller than config.data.crop_size=\(8, 8\)'):
+  with pytest.raises(UserError, match=r'smaller than config.task.crop_size=\(8, 8\)'):
     CenterFlowCrop((8, 8)).map(_example())
 
 
@@ -124,17 +124,17 @@ def test_center_crop_and_scaling():
 # ------------------------------------------------------------------------------------------
 
 def test_bad_flow_settings_are_one_sentence(data_dir):
-  with pytest.raises(UserError, match=r"config.data.flow_loss='l2' is unknown"):
-    validate_config(runlocal(flow_skimage, data_dir, **{'data.flow_loss': 'l2'}))
-  with pytest.raises(UserError, match=r"config.data.crop_size=\(0, 4\) is not a crop"):
-    validate_config(runlocal(flow_skimage, data_dir, **{'data.crop_size': (0, 4)}))
+  with pytest.raises(UserError, match=r"config.task.flow_loss='l2' is unknown"):
+    validate_config(runlocal(flow_skimage, data_dir, **{'task.flow_loss': 'l2'}))
+  with pytest.raises(UserError, match=r"config.task.crop_size=\(0, 4\) is not a crop"):
+    validate_config(runlocal(flow_skimage, data_dir, **{'task.crop_size': (0, 4)}))
   pipeline.prepare('digits', data_dir)
   with pytest.raises(DatasetError, match=r"Dataset 'digits' has no 'frames', 'flow'"):
     checked_data_spec(runlocal(flow_skimage, data_dir, **{'data.name': 'digits'}))
 
 
 def test_crop_size_sets_the_model_input(data_dir):
-  spec = checked_data_spec(runlocal(flow_skimage, data_dir, **{'data.crop_size': (12, 8)}))
+  spec = checked_data_spec(runlocal(flow_skimage, data_dir, **{'task.crop_size': (12, 8)}))
   assert spec.input_shape == (2, 12, 8, 3) and spec.num_classes == 2
   assert FlowTask().input_shape(pipeline.prepare('skimage_flow/tiny', data_dir)) == (2, 16, 16, 3)
 
@@ -142,7 +142,7 @@ def test_crop_size_sets_the_model_input(data_dir):
 def test_released_model_config_builds_at_full_size():
   config = flow_autoflow.get_config()
   validate_config(config)
-  assert tuple(config.data.crop_size) == (368, 496)
+  assert tuple(config.task.crop_size) == (368, 496)
   assert config.model.encoder.num_latents == 2048
   assert config.model.postprocessor.flow_scale == 20.0
 
@@ -153,7 +153,7 @@ def test_released_model_config_builds_at_full_size():
 
 # One fixed batch of 8 pairs, unflipped, so all 20 steps see the same pixels; each run sets
 # a learning rate that overfits them.
-OVERFIT = {**fixed_batch(8, 20), 'data.flip': False}
+OVERFIT = {**fixed_batch(8, 20), 'task.flip': False}
 
 
 def test_runlocal_overfits_a_batch_and_eval_py_reproduces_its_metrics(data_dir, tmp_path):
@@ -179,7 +179,7 @@ def test_released_model_runlocal_overfits_a_batch(data_dir, tmp_path):
   # The whole 16x16 pair (the variant's 12x12 crops would move every step); LAMB needs a
   # larger learning rate than AdamW to show the fall in 20 steps.
   config = runlocal(flow_autoflow, data_dir, **OVERFIT, **{
-      'data.crop_size': (16, 16), 'model.preprocessor.position_encoding.max_resolution': (16, 16),
+      'task.crop_size': (16, 16), 'model.preprocessor.position_encoding.max_resolution': (16, 16),
       'optimizer.learning_rate': 3e-2})
   workdir = str(tmp_path / 'autoflow')
   final = trainer.train_and_evaluate(config, workdir)

@@ -157,8 +157,8 @@ def test_mixup_batches_are_deterministic_resumable_and_split_by_process(data_dir
       for key in local:
         np.testing.assert_array_equal(local[key], first[2 * k + p][key], err_msg=key)
   # Disabled: no soft labels (the loss one-hot encodes 'label').
-  off = runlocal(imagenet_perceiver_io, data_dir, **{'data.mixup_alpha': 0.0,
-                                                     'data.cutmix_alpha': 0.0})
+  off = runlocal(imagenet_perceiver_io, data_dir, **{'task.mixup_alpha': 0.0,
+                                                     'task.cutmix_alpha': 0.0})
   plain = next(pipeline.make_train_iterator(off.data, global_batch_size=8, seed=0,
                                             task=tasks.get_task(off)))
   assert set(plain) == {'inputs', 'label'}
@@ -192,7 +192,7 @@ def test_configs_carry_the_recipe_and_build(data_dir):
   assert config.optimizer.learning_rate == pytest.approx(5e-4 * 1024 / 256)
   assert (config.optimizer.name, config.optimizer.schedule) == ('lamb', 'constant_cosine')
   assert config.optimizer.decay_start_fraction == 0.5 and config.optimizer.clip_norm == 10.0
-  assert config.optimizer.weight_decay == 0.1 and config.train.label_smoothing == 0.1
+  assert config.optimizer.weight_decay == 0.1 and config.task.label_smoothing == 0.1
   enc = config.model.encoder
   assert enc.cross_attend_every_block and enc.share_cross_attend_weights
   assert (enc.num_blocks, enc.num_self_attends_per_block) == (8, 6)
@@ -216,12 +216,12 @@ def test_configs_carry_the_recipe_and_build(data_dir):
 
 def test_bad_settings_are_one_sentence(data_dir):
   config = lambda **o: runlocal(imagenet_perceiver_io, data_dir, **o)
-  with pytest.raises(UserError, match=r'config.data.image_size=0 is invalid'):
-    validate_config(config(**{'data.image_size': 0}))
-  with pytest.raises(UserError, match=r'config.data.randaugment_magnitude=11.0 is out of range'):
-    validate_config(config(**{'data.randaugment_magnitude': 11.0}))
-  with pytest.raises(UserError, match=r'config.data.mixup_alpha=-1.0 is invalid'):
-    validate_config(config(**{'data.mixup_alpha': -1.0}))
+  with pytest.raises(UserError, match=r'config.task.image_size=0 is invalid'):
+    validate_config(config(**{'task.image_size': 0}))
+  with pytest.raises(UserError, match=r'config.task.randaugment_magnitude=11.0 is out of range'):
+    validate_config(config(**{'task.randaugment_magnitude': 11.0}))
+  with pytest.raises(UserError, match=r'config.task.mixup_alpha=-1.0 is invalid'):
+    validate_config(config(**{'task.mixup_alpha': -1.0}))
   with pytest.raises(DatasetError, match=r"Dataset 'photo_crops' has 10 classes but "
                                                   r"config.model.num_classes=1000; set"):
     checked_data_spec(config(**{'model.num_classes': 1000}))
@@ -241,8 +241,8 @@ def test_bad_settings_are_one_sentence(data_dir):
 
 # One fixed batch of 16 crops without the stochastic MixUp, CutMix and RandAugment (random
 # crops and flips stay), at a learning rate that overfits it in 12 steps.
-OVERFIT = {**fixed_batch(16, 12), 'data.mixup_alpha': 0.0, 'data.cutmix_alpha': 0.0,
-           'data.randaugment_layers': 0, 'optimizer.learning_rate': 1e-2}
+OVERFIT = {**fixed_batch(16, 12), 'task.mixup_alpha': 0.0, 'task.cutmix_alpha': 0.0,
+           'task.randaugment_layers': 0, 'optimizer.learning_rate': 1e-2}
 
 
 @pytest.mark.parametrize('module,arg', [

@@ -167,13 +167,13 @@ def test_configs_validate_and_tie_the_embedding(data_dir):
 
 
 def test_bad_task_settings_are_one_sentence(data_dir):
-  with pytest.raises(UserError, match=r"config.task='mlmm' is unknown; use one of "
+  with pytest.raises(UserError, match=r"config.task.name='mlmm' is unknown; use one of "
                                       r"'classification', .*'mlm'.* \(did you mean 'mlm'\?\)\.$"):
-    validate_config(runlocal(mlm_stdlib, data_dir, task='mlmm'))
-  with pytest.raises(UserError, match=r'config.data.mask_prob=1.5 is out of range'):
-    validate_config(runlocal(mlm_stdlib, data_dir, **{'data.mask_prob': 1.5}))
-  with pytest.raises(UserError, match=r"config.data.word_definition='words' is unknown"):
-    validate_config(runlocal(mlm_stdlib, data_dir, **{'data.word_definition': 'words'}))
+    validate_config(runlocal(mlm_stdlib, data_dir, **{'task.name': 'mlmm'}))
+  with pytest.raises(UserError, match=r'config.task.mask_prob=1.5 is out of range'):
+    validate_config(runlocal(mlm_stdlib, data_dir, **{'task.mask_prob': 1.5}))
+  with pytest.raises(UserError, match=r"config.task.word_definition='words' is unknown"):
+    validate_config(runlocal(mlm_stdlib, data_dir, **{'task.word_definition': 'words'}))
   pipeline.prepare('digits', data_dir)
   with pytest.raises(DatasetError, match=r"Dataset 'digits' has no 'bytes' \[window\] "
                                                   r"and 'length' features, so the mlm task"):

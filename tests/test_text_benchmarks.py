@@ -180,13 +180,13 @@ def test_full_size_configs_are_the_released_model_with_the_recipes():
   for arg, classes, steps in ((None, 2, 10 * (67349 // 32)), ('data=mnli,seq_len=512', 3, None)):
     config = text_classification.get_config(arg)
     validate_config(config)
-    assert config.model.num_classes == classes and config.data.seq_len == (512 if arg else 2048)
+    assert config.model.num_classes == classes and config.task.seq_len == (512 if arg else 2048)
     if steps:
       assert config.train.num_steps == steps
     # Everything but the head is the released model's.
     for part in ('preprocessor', 'encoder'):
       assert config.model[part].to_dict() == released[part]
-  assert text_classification.get_config('data=mnli').data.text_keys == ('premise', 'hypothesis')
+  assert text_classification.get_config('data=mnli').task.text_keys == ('premise', 'hypothesis')
   for module in (mlm_c4, text_classification):
     with pytest.raises(ValueError, match='Unknown'):
       module.get_config('data=bookcorpus')

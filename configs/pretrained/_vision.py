@@ -48,7 +48,7 @@ def imagenet_classifier_config():
   config.optimizer.weight_decay = 1e-1
   config.optimizer.eps = 1e-6
   config.optimizer.clip_norm = 10.0
-  config.train.label_smoothing = 0.1
+  config.task.label_smoothing = 0.1
   # What convert.py needs to build the model without a dataset.
   config.convert = dict(family='vision', input_shape=IMAGE_SHAPE)
   return config

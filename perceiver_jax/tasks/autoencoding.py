@@ -14,7 +14,7 @@ The model returns {'image': [B, T*H*W, 3], 'audio': [B, S], 'label': logits [B, 
 
 Training may decode only some outputs, as the paper does (it reports subsampling the
 decoded pixels and audio during training and decoding everything at test time): with
-data.train_video_points = P > 0 and/or data.train_audio_patches = A > 0, a training
+task.train_video_points = P > 0 and/or task.train_audio_patches = A > 0, a training
 transform draws that many distinct pixel indices (of T*H*W) and audio patch indices (of
 S / samples_per_patch) per example, and the whole batch decodes the points drawn for its
 first example (the model takes one set of query points per batch). Evaluation decodes all.
@@ -30,10 +30,10 @@ machine; a public PyTorch re-implementation of this training
 Metrics, exact over batches and eval padding (padding examples add nothing):
   video_psnr = 10 log10(video_range^2 / MSE), MSE = (sum over real examples and decoded
       values of (prediction - target)^2) / (number of those values), targets in [0, 1]
-      and video_range = 1.0 (data.video_psnr_range): one PSNR of the whole split from
+      and video_range = 1.0 (task.video_psnr_range): one PSNR of the whole split from
       summed squared errors, not a mean of per-clip PSNRs.
   audio_psnr  the same over audio samples in [-1, 1], audio_range = 2.0 (the width of
-      that interval; data.audio_psnr_range). The paper reports PSNR for both signals
+      that interval; task.audio_psnr_range). The paper reports PSNR for both signals
       without stating its peak values here; 1.0 for audio would read 6.02 dB lower.
   accuracy    top-1 of the label logits; label_ce, video_l1, audio_l1 (means per example),
   loss        as above; num_examples.
@@ -55,10 +55,6 @@ from perceiver_jax.tasks.base import CLASS_LABEL, Task
 
 # The model's modality names (the released multimodal model's) for each batch key.
 MODALITIES = {'video': 'image', 'audio': 'audio', 'label': 'label'}
-# The data.* fields of this task, with their defaults.
-DEFAULTS = dict(video_weight=0.03, audio_weight=1.0, label_weight=0.0001,
-                video_psnr_range=1.0, audio_psnr_range=2.0,
-                train_video_points=0, train_audio_patches=0)
 
 
 def psnr(sum_squared_error, count, data_range, xp=jnp):
@@ -111,41 +107,46 @@ def reconstruction_sums(prediction, target, weights):
 
 
 class MultimodalAutoencodingTask(Task):
-  """Video + audio + label autoencoding; settings are config.data fields (DEFAULTS)."""
+  """Video + audio + label autoencoding; the constructor arguments other than model_args
+  are config.task's fields."""
 
   name = 'multimodal_autoencoding'
+  model_args = ('num_classes', 'samples_per_patch')
 
-  def __init__(self, num_classes: int = 700, samples_per_patch: int = 16, **settings):
+  def __init__(self, num_classes: int = 700, samples_per_patch: int = 16,
+               video_weight: float = 0.03, audio_weight: float = 1.0,
+               label_weight: float = 0.0001, video_psnr_range: float = 1.0,
+               audio_psnr_range: float = 2.0, train_video_points: int = 0,
+               train_audio_patches: int = 0):
     self.label_classes = int(num_classes)  # the label input width
     self.samples_per_patch = int(samples_per_patch)
-    values = {**DEFAULTS, **settings}
-    self.weights = {k: float(values[f'{k}_weight']) for k in ('video', 'audio', 'label')}
-    self.ranges = {k: float(values[f'{k}_psnr_range']) for k in ('video', 'audio')}
-    self.train_video_points = int(values['train_video_points'])
-    self.train_audio_patches = int(values['train_audio_patches'])
+    self.weights = {'video': float(video_weight), 'audio': float(audio_weight),
+                    'label': float(label_weight)}
+    self.ranges = {'video': float(video_psnr_range), 'audio': float(audio_psnr_range)}
+    self.train_video_points = int(train_video_points)
+    self.train_audio_patches = int(train_audio_patches)
 
   @classmethod
-  def from_config(cls, config) -> 'MultimodalAutoencodingTask':
-    audio = config.model.get('modalities', {}).get('audio')
+  def model_kwargs(cls, model_config):
+    audio = model_config.get('modalities', {}).get('audio')
     spp = audio.preprocessor.get('samples_per_patch') if audio is not None else None
-    return cls(num_classes=config.model.num_classes, samples_per_patch=spp or 16,
-               **{k: config.data.get(k, v) for k, v in DEFAULTS.items()})
+    return {'num_classes': model_config.num_classes, 'samples_per_patch': spp or 16}
 
   def check_config(self, config) -> None:
     modalities = sorted(config.model.get('modalities', {}).keys())
     if config.model.preprocessor.name != 'multimodal' or modalities != sorted(MODALITIES.values()):
-      raise UserError(f'config.task={self.name!r} needs a multimodal model with the modalities '
-                      f'{sorted(MODALITIES.values())} (got preprocessor '
+      raise UserError(f'config.task.name={self.name!r} needs a multimodal model with the '
+                      f'modalities {sorted(MODALITIES.values())} (got preprocessor '
                       f'{config.model.preprocessor.name!r}, modalities {modalities}); start '
                       'from configs/pretrained/multimodal_perceiver.py.')
     for key, value in {**{f'{k}_weight': v for k, v in self.weights.items()},
                        **{f'{k}_psnr_range': v for k, v in self.ranges.items()}}.items():
       if not (math.isfinite(value) and value >= 0) or (key.endswith('range') and value == 0):
-        raise UserError(f'config.data.{key}={value!r} is invalid; use a finite number >= 0 '
+        raise UserError(f'config.task.{key}={value!r} is invalid; use a finite number >= 0 '
                         '(> 0 for a PSNR range).')
     for key in ('train_video_points', 'train_audio_patches'):
       if getattr(self, key) < 0:
-        raise UserError(f'config.data.{key}={getattr(self, key)} is negative; use 0 (decode '
+        raise UserError(f'config.task.{key}={getattr(self, key)} is negative; use 0 (decode '
                         'everything) or a number of outputs to decode per training step.')
 
   # -- data -----------------------------------------------------------------------------------
@@ -161,7 +162,7 @@ class MultimodalAutoencodingTask(Task):
       raise DatasetError(
           f"Dataset '{builder.name}' has no 'video' uint8 [T, H, W, 3], 'audio' float32 [S] "
           "and class 'label' features, so the multimodal_autoencoding task cannot read it; "
-          "use kinetics_files, or another config.task.")
+          "use kinetics_files, or another config.task.name.")
     return {'video': (tuple(video.shape), np.uint8), 'audio': (tuple(audio.shape), np.float32),
             'label': CLASS_LABEL}
 

@@ -13,6 +13,7 @@ The pipeline, the step functions, the trainer and the evaluator call only this i
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -35,10 +36,22 @@ class Task:
   # concatenates over batches instead of adding (metrics that are not sums, e.g. mAP).
   per_example_keys: tuple[str, ...] = ()
 
+  # Constructor arguments that come from config.model (e.g. num_classes), not config.task:
+  # one source of truth for what the model is.
+  model_args: tuple[str, ...] = ()
+
   @classmethod
-  def from_config(cls, config) -> 'Task':
-    """The task with the settings `config` gives it."""
-    return cls()
+  def settings(cls) -> dict[str, Any]:
+    """{constructor argument: default} of the task's config.task section (no model_args)."""
+    params = inspect.signature(cls.__init__).parameters.values()
+    return {p.name: p.default for p in params
+            if p.name != 'self' and p.name not in cls.model_args
+            and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+
+  @classmethod
+  def model_kwargs(cls, model_config) -> dict[str, Any]:
+    """The model_args' values from config.model."""
+    return {}
 
   # -- config -------------------------------------------------------------------------------
   def check_config(self, config) -> None:

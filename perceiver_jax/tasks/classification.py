@@ -8,7 +8,7 @@ import numpy as np
 import optax
 
 from perceiver_jax.data import transforms
-from perceiver_jax.errors import DatasetError
+from perceiver_jax.errors import DatasetError, UserError
 from perceiver_jax.tasks.base import CLASS_LABEL, Task
 
 
@@ -39,6 +39,13 @@ def classification_loss(logits: jax.Array, labels: jax.Array, mask: jax.Array | 
   return mean_loss, {'loss': loss_sum, 'correct': correct, 'count': count}
 
 
+def check_label_smoothing(value) -> None:
+  """Raises UserError unless config.task.label_smoothing is in [0, 1)."""
+  if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+    raise UserError(f'config.task.label_smoothing={value!r} is out of range; use a number in '
+                    '[0, 1), e.g. 0.1 (0 disables it).')
+
+
 def summarize(sums: dict[str, float]) -> dict[str, float]:
   """Turns accumulated sums into reported metrics (loss, accuracy)."""
   count = max(float(sums['count']), 1.0)
@@ -48,16 +55,16 @@ def summarize(sums: dict[str, float]) -> dict[str, float]:
 
 class ClassificationTask(Task):
   """A dataset's (inputs, label) supervised_keys -> {'inputs' float32 [*shape], 'label'
-  int32 []}; normalised by data.normalize, augmented by data.augment (training only)."""
+  int32 []}; normalised by data.normalize, augmented by data.augment (training only);
+  label_smoothing (config.task.label_smoothing) smooths the training loss only."""
 
   name = 'classification'
 
   def __init__(self, label_smoothing: float = 0.0):
-    self.label_smoothing = float(label_smoothing)  # training loss only
+    self.label_smoothing = label_smoothing  # training loss only; check_config checks it
 
-  @classmethod
-  def from_config(cls, config) -> 'ClassificationTask':
-    return cls(label_smoothing=config.train.get('label_smoothing', 0.0))
+  def check_config(self, config) -> None:
+    check_label_smoothing(self.label_smoothing)
 
   # -- data -----------------------------------------------------------------------------------
   def _keys(self, builder) -> tuple[str, str]:

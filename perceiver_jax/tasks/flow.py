@@ -3,16 +3,16 @@
 Data: a flow dataset with features 'frames' uint8 [2, H, W, 3] (frame 1, frame 2), 'flow'
 float32 [H, W, 2] (forward flow frame 1 -> 2 in pixels, channels dx, dy) and 'valid' bool
 [H, W] (e.g. the embedded skimage_flow, or flow_files for Sintel / KITTI / AutoFlow files).
-H and W may vary per example: training takes a random crop of data.crop_size (and, with
-data.flip, mirrors it left-right, negating dx), evaluation the centre crop; crop_size
-None/0 keeps the stored size (all examples must then share it).
+H and W may vary per example: training takes a random crop of task.crop_size (and, with
+task.flip, mirrors it left-right, negating dx), evaluation the centre crop; crop_size
+() keeps the stored size (all examples must then share it).
 
 Examples: inputs float32 [2, h, w, 3] (frames scaled to [-1, 1], as the released model's
 colab normalises them), flow float32 [h, w, 2], valid float32 [h, w]. The model (an image
 preprocessor with flow_patch_size, a flow decoder) returns flow [batch, h, w, 2] in pixels.
 
-Loss (data.flow_loss): 'epe', the mean end-point error |pred - flow|_2, or 'l1', the mean
-|dx| + |dy| error, over the valid pixels (data.valid_only, default) or all pixels.
+Loss (task.flow_loss): 'epe', the mean end-point error |pred - flow|_2, or 'l1', the mean
+|dx| + |dy| error, over the valid pixels (task.valid_only, default) or all pixels.
 Metrics: 'epe' over valid pixels, 'epe_all' over all pixels, and '1px' / '3px' / '5px',
 the fraction of valid pixels with an end-point error below 1, 3 and 5 pixels; all exact
 over batches (pixel sums, as Sintel and KITTI pool pixels) and eval padding.
@@ -31,8 +31,6 @@ import numpy as np
 from perceiver_jax.errors import DatasetError, UserError
 from perceiver_jax.tasks.base import Task
 
-# The data.* fields of this task, with their defaults.
-DEFAULTS = dict(crop_size=None, flip=False, flow_loss='epe', valid_only=True)
 FLOW_LOSSES = ('epe', 'l1')
 THRESHOLDS = (1, 3, 5)  # pixels: the '1px', '3px', '5px' accuracies
 
@@ -49,7 +47,7 @@ def _check_size(element, size) -> None:
   height, width = element['flow'].shape[:2]
   if height < size[0] or width < size[1]:
     raise UserError(f'A flow example of {height}x{width} pixels is smaller than '
-                    f'config.data.crop_size={tuple(size)}; use a crop that fits every '
+                    f'config.task.crop_size={tuple(size)}; use a crop that fits every '
                     'example.')
 
 
@@ -157,33 +155,30 @@ def _size(crop_size) -> tuple[int, int] | None:
 
 
 class FlowTask(Task):
-  """Optical flow; settings are config.data fields (DEFAULTS)."""
+  """Optical flow; the constructor arguments are config.task's fields. crop_size () keeps
+  the stored size (a tuple, not None, so --config.task.crop_size='(368, 496)' can set it)."""
 
   name = 'flow'
 
-  def __init__(self, crop_size=None, flip: bool = False, flow_loss: str = 'epe',
-               valid_only: bool = True):
+  def __init__(self, crop_size: tuple[int, int] | int = (), flip: bool = False,
+               flow_loss: str = 'epe', valid_only: bool = True):
     self.crop_size = crop_size
     self.flip = bool(flip)
     self.flow_loss = flow_loss
     self.valid_only = bool(valid_only)
 
-  @classmethod
-  def from_config(cls, config) -> 'FlowTask':
-    return cls(**{k: config.data.get(k, v) for k, v in DEFAULTS.items()})
-
   def check_config(self, config) -> None:
     if self.flow_loss not in FLOW_LOSSES:
-      raise UserError(f'config.data.flow_loss={self.flow_loss!r} is unknown; use one of '
+      raise UserError(f'config.task.flow_loss={self.flow_loss!r} is unknown; use one of '
                       f'{", ".join(repr(x) for x in FLOW_LOSSES)}.')
     size = self.crop_size
     if size and not (isinstance(size, int) and size > 0 or (
         isinstance(size, (tuple, list)) and len(size) == 2
         and all(isinstance(n, int) and n > 0 for n in size))):
-      raise UserError(f'config.data.crop_size={size!r} is not a crop; use (height, width) '
-                      'in pixels, e.g. (368, 496), or None for the stored size.')
+      raise UserError(f'config.task.crop_size={size!r} is not a crop; use (height, width) '
+                      'in pixels, e.g. (368, 496), or () for the stored size.')
     if config.model.decoder.get('name') != 'flow':
-      raise UserError(f"config.task='flow' needs config.model.decoder.name='flow', not "
+      raise UserError(f"config.task.name='flow' needs config.model.decoder.name='flow', not "
                       f"{config.model.decoder.get('name')!r}.")
 
   # -- data -----------------------------------------------------------------------------------
@@ -193,7 +188,7 @@ class FlowTask(Task):
       raise DatasetError(
           f"Dataset '{builder.name}' has no 'frames', 'flow' and 'valid' features, so the "
           "flow task cannot read it; use a flow dataset such as skimage_flow or flow_files, "
-          "or another config.task.")
+          "or another config.task.name.")
     return {k: (tuple(feats[k].shape), np.dtype(feats[k].np_dtype))
             for k in ('frames', 'flow', 'valid')}
 
@@ -204,7 +199,7 @@ class FlowTask(Task):
       if None in stored:
         raise DatasetError(
             f"Dataset '{builder.name}' has frames of varying size {stored}; set "
-            "config.data.crop_size=(height, width) so the model sees one size.")
+            "config.task.crop_size=(height, width) so the model sees one size.")
       return stored
     return (stored[0], *size, stored[3])
 

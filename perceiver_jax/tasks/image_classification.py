@@ -5,10 +5,10 @@ image uint8 [height, width, 3] of any size (a JPEG `Image` feature, decoded by T
 PIL/OpenCV, no TensorFlow), the label a ClassLabel. Examples (data/image_augment.py,
 following the DeepMind reference `perceiver/train/dataset.py`):
 
-  train: Inception crop -> flip -> RandAugment (data.randaugment_layers at
-         data.randaugment_magnitude) -> bicubic resize to data.image_size -> normalise by
-         MEAN_RGB/STDDEV_RGB -> batch -> MixUp (data.mixup_alpha) on the first half of the
-         batch, CutMix (data.cutmix_alpha) on the second, giving `soft_label`
+  train: Inception crop -> flip -> RandAugment (task.randaugment_layers at
+         task.randaugment_magnitude) -> bicubic resize to task.image_size -> normalise by
+         MEAN_RGB/STDDEV_RGB -> batch -> MixUp (task.mixup_alpha) on the first half of the
+         batch, CutMix (task.cutmix_alpha) on the second, giving `soft_label`
   eval:  center crop of 224/256 of the shorter side (at every image_size, as the reference)
          -> resize -> normalise
 
@@ -20,9 +20,9 @@ device), so with several processes the pairs differ from a single-process run of
 global batch; they are still deterministic and resumable.
 
 Loss: softmax cross-entropy on the soft labels (one-hot without MixUp), label-smoothed by
-train.label_smoothing in training only. Metrics: loss, accuracy (top-1) and top5_accuracy
-against each example's own label, exact over eval padding. Settings are config.data fields
-(DEFAULTS); 0 (or None) disables RandAugment, MixUp or CutMix.
+task.label_smoothing in training only. Metrics: loss, accuracy (top-1) and top5_accuracy
+against each example's own label, exact over eval padding. Settings are config.task fields
+(the constructor's arguments); 0 (or None) disables RandAugment, MixUp or CutMix.
 """
 
 from __future__ import annotations
@@ -35,10 +35,8 @@ import optax
 from perceiver_jax.data import image_augment, transforms
 from perceiver_jax.errors import DatasetError, UserError
 from perceiver_jax.tasks.base import CLASS_LABEL, Task
+from perceiver_jax.tasks.classification import check_label_smoothing
 
-# The data.* fields of this task, with the recipe's values (reference experiment.py).
-DEFAULTS = dict(image_size=224, randaugment_layers=4, randaugment_magnitude=5.0,
-                mixup_alpha=0.2, cutmix_alpha=1.0)
 TOP_K = 5
 
 
@@ -96,9 +94,11 @@ def _is_number(x) -> bool:
 
 
 class ImageClassificationTask(Task):
-  """Image classification with the Perceiver ImageNet recipe (see the module docstring)."""
+  """Image classification with the Perceiver ImageNet recipe (see the module docstring);
+  the defaults are the recipe's values (reference experiment.py)."""
 
   name = 'image_classification'
+  model_args = ('num_classes',)
 
   def __init__(self, num_classes: int = 1000, label_smoothing: float = 0.0,
                image_size: int = 224, randaugment_layers: int = 4,
@@ -113,28 +113,27 @@ class ImageClassificationTask(Task):
     self.cutmix_alpha = cutmix_alpha or 0.0
 
   @classmethod
-  def from_config(cls, config) -> 'ImageClassificationTask':
-    return cls(num_classes=config.model.num_classes,
-               label_smoothing=config.train.get('label_smoothing', 0.0),
-               **{k: config.data.get(k, v) for k, v in DEFAULTS.items()})
+  def model_kwargs(cls, model_config):
+    return {'num_classes': model_config.num_classes}
 
   def check_config(self, config) -> None:
+    check_label_smoothing(self.label_smoothing)
     size = self.image_size
     if not isinstance(size, int) or isinstance(size, bool) or size < 8:
-      raise UserError(f'config.data.image_size={size!r} is invalid; use the side of the '
+      raise UserError(f'config.task.image_size={size!r} is invalid; use the side of the '
                       'square model input in pixels, at least 8, e.g. 224.')
     layers = self.randaugment_layers
     if not isinstance(layers, int) or isinstance(layers, bool) or layers < 0:
-      raise UserError(f'config.data.randaugment_layers={layers!r} is invalid; use an integer '
+      raise UserError(f'config.task.randaugment_layers={layers!r} is invalid; use an integer '
                       '>= 0 (0 disables RandAugment), e.g. 4.')
     magnitude = self.randaugment_magnitude
     if not _is_number(magnitude) or not 0 <= magnitude <= 10:
-      raise UserError(f'config.data.randaugment_magnitude={magnitude!r} is out of range; use '
+      raise UserError(f'config.task.randaugment_magnitude={magnitude!r} is out of range; use '
                       'a number in [0, 10], e.g. 5.')
     for name in ('mixup_alpha', 'cutmix_alpha'):
-      alpha = config.data.get(name, DEFAULTS[name])
-      if alpha is not None and (not _is_number(alpha) or alpha < 0):
-        raise UserError(f'config.data.{name}={alpha!r} is invalid; use a Beta parameter > 0, '
+      alpha = getattr(self, name)
+      if not _is_number(alpha) or alpha < 0:
+        raise UserError(f'config.task.{name}={alpha!r} is invalid; use a Beta parameter > 0, '
                         'or 0 to disable it.')
 
   # -- data -----------------------------------------------------------------------------------
@@ -151,7 +150,7 @@ class ImageClassificationTask(Task):
       raise DatasetError(
           f"Dataset '{builder.name}' has no (image uint8 [height, width, 3], class label) "
           "supervised_keys, so the image_classification task cannot read it; use an "
-          "imagenet2012-style dataset such as photo_crops, or config.task='classification'.")
+          "imagenet2012-style dataset such as photo_crops, or config.task.name='classification'.")
     image_key, label_key = keys
     classes = feats[label_key].num_classes
     if classes != self.model_classes:

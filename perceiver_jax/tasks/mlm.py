@@ -3,9 +3,9 @@
 Data, either of
   * a byte corpus with features 'bytes' uint8 [window] and 'length' int32 [] (e.g. the
     embedded python_stdlib): the stored windows are the examples;
-  * a text corpus with a string feature `data.text_key` ('text': TFDS c4/en,
+  * a text corpus with a string feature `task.text_key` ('text': TFDS c4/en,
     wikipedia/20230601.en, the embedded stdlib_docs): each document's UTF-8 bytes
-    (data/text_windows.py) are cut to one window of `data.seq_len` bytes (2048 as the
+    (data/text_windows.py) are cut to one window of `task.seq_len` bytes (2048 as the
     released model reads), never splitting a character. Training takes a window at a
     uniformly random offset of its document, drawn afresh every epoch from the run seed
     (every part of a long document gets seen); evaluation takes each document's first
@@ -44,10 +44,7 @@ from perceiver_jax.errors import DatasetError, UserError
 from perceiver_jax.tasks.base import Task
 from perceiver_jax.tokenizer import PAD_ID, VOCAB_SIZE
 
-# The data.* fields of this task, with their defaults (BERT's 15% and 80/10/10; text
-# corpora: the 'text' feature cut to the released model's 2048 bytes).
-DEFAULTS = dict(mask_prob=0.15, mask_token_prob=0.8, random_token_prob=0.1,
-                word_definition='code', eval_mask_seed=1, seq_len=2048, text_key='text')
+SEQ_LEN = 2048  # text corpora: bytes per window, as the released model reads
 DOCUMENT = 'document'  # a text corpus example before windowing: uint8 [n], one document
 
 
@@ -93,7 +90,7 @@ class FixedSeedWholeWordMask(grain.transforms.MapWithIndex):
 
   mask: mlm_masking.WholeWordMask
   seed: int
-  seq_len: int = DEFAULTS['seq_len']
+  seq_len: int = SEQ_LEN
 
   def map_with_index(self, index: int, element):
     element = _window(element, self.seq_len, None)
@@ -130,14 +127,15 @@ def mlm_metrics(sums, xp=jnp):
 
 
 class MlmTask(Task):
-  """Byte-level masked language modelling; settings are config.data fields (DEFAULTS)."""
+  """Byte-level masked language modelling; the constructor arguments are config.task's
+  fields (BERT's 15% of words, 80/10/10; text corpora: the 'text' feature)."""
 
   name = 'mlm'
   input_dtype = np.int32
 
   def __init__(self, mask_prob: float = 0.15, mask_token_prob: float = 0.8,
                random_token_prob: float = 0.1, word_definition: str = 'code',
-               eval_mask_seed: int = 1, seq_len: int = 2048, text_key: str = 'text'):
+               eval_mask_seed: int = 1, seq_len: int = SEQ_LEN, text_key: str = 'text'):
     self.masking = mlm_masking.WholeWordMask(
         mask_prob=float(mask_prob), mask_token_prob=float(mask_token_prob),
         random_token_prob=float(random_token_prob), word_definition=word_definition)
@@ -145,25 +143,21 @@ class MlmTask(Task):
     self.seq_len = int(seq_len)  # text corpora only: bytes per window
     self.text_key = str(text_key)
 
-  @classmethod
-  def from_config(cls, config) -> 'MlmTask':
-    return cls(**{k: config.data.get(k, v) for k, v in DEFAULTS.items()})
-
   def check_config(self, config) -> None:
     m = self.masking
     if not 0.0 < m.mask_prob < 1.0:
-      raise UserError(f'config.data.mask_prob={m.mask_prob!r} is out of range; use a fraction '
+      raise UserError(f'config.task.mask_prob={m.mask_prob!r} is out of range; use a fraction '
                       'of words in (0, 1), e.g. 0.15.')
     if (m.mask_token_prob < 0 or m.random_token_prob < 0
         or m.mask_token_prob + m.random_token_prob > 1):
-      raise UserError(f'config.data.mask_token_prob={m.mask_token_prob!r} and '
+      raise UserError(f'config.task.mask_token_prob={m.mask_token_prob!r} and '
                       f'random_token_prob={m.random_token_prob!r} must be >= 0 and sum to at '
                       'most 1, e.g. 0.8 and 0.1.')
     if m.word_definition not in mlm_masking.WORD_DEFINITIONS:
-      raise UserError(f'config.data.word_definition={m.word_definition!r} is unknown; use one '
+      raise UserError(f'config.task.word_definition={m.word_definition!r} is unknown; use one '
                       f'of {", ".join(repr(w) for w in mlm_masking.WORD_DEFINITIONS)}.')
     if self.seq_len < 1:
-      raise UserError(f'config.data.seq_len={self.seq_len!r} must be a positive number of '
+      raise UserError(f'config.task.seq_len={self.seq_len!r} must be a positive number of '
                       'bytes per window, e.g. 2048.')
 
   # -- data -----------------------------------------------------------------------------------
@@ -177,8 +171,8 @@ class MlmTask(Task):
     raise DatasetError(
         f"Dataset '{builder.name}' has no 'bytes' [window] and 'length' features, so the "
         f"mlm task cannot read it, nor a text feature {self.text_key!r} "
-        "(config.data.text_key); use a byte corpus such as python_stdlib, a text corpus "
-        "such as c4/en, wikipedia or stdlib_docs, or another config.task.")
+        "(config.task.text_key); use a byte corpus such as python_stdlib, a text corpus "
+        "such as c4/en, wikipedia or stdlib_docs, or another config.task.name.")
 
   def features(self, builder):
     if self._is_text(builder):

@@ -1,12 +1,12 @@
 """Multi-label classification (AudioSet-style): sigmoid cross-entropy, mean average precision.
 
-Data: a dataset with a float32 waveform feature (data.inputs_key, default 'audio', [samples])
-and a multi-hot bool/float feature (data.labels_key, default 'labels', [num_classes]), e.g.
-perceiver_jax/data/builders/audioset_files.py. With data.video_key (e.g. 'video', uint8
+Data: a dataset with a float32 waveform feature (task.inputs_key, default 'audio', [samples])
+and a multi-hot bool/float feature (task.labels_key, default 'labels', [num_classes]), e.g.
+perceiver_jax/data/builders/audioset_files.py. With task.video_key (e.g. 'video', uint8
 [frames, H, W, 3]) the inputs are {'audio': [samples], 'image': [frames, H, W, 3] in [0, 1]}
 for a multimodal model.
 
-Crops: data.clip_samples > 0 cuts every waveform to that many samples (and data.clip_frames
+Crops: task.clip_samples > 0 cuts every waveform to that many samples (and task.clip_frames
 the video): a random window for training (the same fraction of the way through the audio and
 the video, so the two stay aligned in time), the centre window for evaluation. 0 = whole clip.
 
@@ -36,10 +36,6 @@ import optax
 
 from perceiver_jax.errors import DatasetError, UserError
 from perceiver_jax.tasks.base import Task
-
-# The data.* fields of this task, with their defaults.
-DEFAULTS = dict(inputs_key='audio', labels_key='labels', video_key='',
-                clip_samples=0, clip_frames=0)
 
 
 # ------------------------------------------------------------------------------------------
@@ -174,8 +170,8 @@ class CenterClip(grain.transforms.Map):
 # ------------------------------------------------------------------------------------------
 
 class MultilabelTask(Task):
-  """Multi-label audio (or audio+video) classification; settings are config.data fields
-  (DEFAULTS)."""
+  """Multi-label audio (or audio+video) classification; the constructor arguments are
+  config.task's fields."""
 
   name = 'multilabel'
   # Eval rows concatenated over batches (not added): what mAP ranks.
@@ -186,13 +182,9 @@ class MultilabelTask(Task):
     self.inputs_key, self.labels_key, self.video_key = inputs_key, labels_key, video_key
     self.clip_samples, self.clip_frames = int(clip_samples), int(clip_frames)
 
-  @classmethod
-  def from_config(cls, config) -> 'MultilabelTask':
-    return cls(**{k: config.data.get(k, v) for k, v in DEFAULTS.items()})
-
   def check_config(self, config) -> None:
     if self.clip_samples < 0 or self.clip_frames < 0:
-      raise UserError(f'config.data.clip_samples={self.clip_samples} and clip_frames='
+      raise UserError(f'config.task.clip_samples={self.clip_samples} and clip_frames='
                       f'{self.clip_frames} must be >= 0 (0 = the whole clip).')
 
   # -- data -----------------------------------------------------------------------------------
@@ -205,7 +197,7 @@ class MultilabelTask(Task):
           f"Dataset '{builder.name}' has no {', '.join(repr(k) for k in wanted)} features "
           "(waveform, multi-hot labels [num_classes]), so the multilabel task cannot read "
           "it; use an AudioSet-style dataset such as audioset_files, or set "
-          "config.data.inputs_key / labels_key.")
+          "config.task.inputs_key / labels_key.")
     return {k: (tuple(feats[k].shape), np.dtype(feats[k].np_dtype)) for k in wanted}
 
   def _clipped(self, shape, length):

@@ -1,7 +1,7 @@
 """Text classification on UTF-8 bytes: (text, label) datasets read by the byte Perceiver.
 
-Data: one or more string features (`data.text_keys`; default the first supervised key)
-and a class label (`data.label_key`; default the second), e.g. TFDS glue/sst2
+Data: one or more string features (`task.text_keys`; default the first supervised key)
+and a class label (`task.label_key`; default the second), e.g. TFDS glue/sst2
 ('sentence', 'label'), glue/mnli ('premise', 'hypothesis'; 'label'), imdb_reviews
 ('text', 'label') or the embedded stdlib_docs ('text', 'label'). Each example becomes
   inputs int32 [seq_len]  the texts' UTF-8 bytes as perceiver_jax.tokenizer ids (byte + 6),
@@ -44,8 +44,8 @@ class EncodeTexts(grain.transforms.Map):
 
 
 class TextClassificationTask(ClassificationTask):
-  """Byte-level text classification; settings are config.data fields (seq_len,
-  text_keys, label_key) and config.train.label_smoothing."""
+  """Byte-level text classification; settings are config.task fields (seq_len, text_keys,
+  label_key, label_smoothing)."""
 
   name = 'text_classification'
   input_dtype = np.int32
@@ -54,26 +54,21 @@ class TextClassificationTask(ClassificationTask):
                label_key: str = '', label_smoothing: float = 0.0):
     super().__init__(label_smoothing=label_smoothing)
     self.seq_len = int(seq_len)
-    if isinstance(text_keys, str):  # --config.data.text_keys=premise,hypothesis
-      text_keys = tuple(k for k in text_keys.split(',') if k)
-    self.text_keys = tuple(text_keys)
+    if isinstance(text_keys, str):
+      text_keys = (text_keys,)
+    # --config.task.text_keys=premise,hypothesis arrives as ('premise,hypothesis',).
+    self.text_keys = tuple(k for item in text_keys for k in item.split(',') if k)
     self.label_key = str(label_key or '')
 
-  @classmethod
-  def from_config(cls, config) -> 'TextClassificationTask':
-    return cls(seq_len=config.data.get('seq_len', 2048),
-               text_keys=config.data.get('text_keys', ()),
-               label_key=config.data.get('label_key', ''),
-               label_smoothing=config.train.get('label_smoothing', 0.0))
-
   def check_config(self, config) -> None:
+    super().check_config(config)
     if self.seq_len < 1:
-      raise UserError(f'config.data.seq_len={self.seq_len!r} must be a positive number of '
+      raise UserError(f'config.task.seq_len={self.seq_len!r} must be a positive number of '
                       'bytes per example, e.g. 2048.')
 
   # -- data -----------------------------------------------------------------------------------
   def _keys(self, builder) -> tuple[tuple[str, ...], str]:
-    """(text keys, label key) from config.data or the dataset's supervised_keys."""
+    """(text keys, label key) from config.task or the dataset's supervised_keys."""
     supervised = builder.info.supervised_keys
     pair = (isinstance(supervised, tuple) and len(supervised) == 2
             and all(isinstance(k, str) for k in supervised))
@@ -82,18 +77,18 @@ class TextClassificationTask(ClassificationTask):
     if not text_keys or not label_key:
       raise DatasetError(
           f"Dataset '{builder.name}' has no (text, label) supervised_keys; name its text "
-          "and label features with config.data.text_keys and config.data.label_key.")
+          "and label features with config.task.text_keys and config.task.label_key.")
     feats = builder.info.features
     for key in text_keys:
       if key not in feats or not isinstance(feats[key], tfds.features.Text):
         raise DatasetError(
             f"Dataset '{builder.name}' has no text feature {key!r}, so the "
-            f"text_classification task cannot read it; set config.data.text_keys to its "
+            f"text_classification task cannot read it; set config.task.text_keys to its "
             f"string features (it has {sorted(feats.keys())}).")
     if label_key not in feats or not isinstance(feats[label_key], tfds.features.ClassLabel):
       raise DatasetError(
           f"Dataset '{builder.name}' has no class-label feature {label_key!r}; set "
-          f"config.data.label_key to one (it has {sorted(feats.keys())}).")
+          f"config.task.label_key to one (it has {sorted(feats.keys())}).")
     return tuple(text_keys), label_key
 
   def features(self, builder):
