@@ -2,7 +2,7 @@
 train end to end offline; folder splits are seeded and disjoint; mistakes are one sentence."""
 
 import os
-import textwrap
+import re
 
 import numpy as np
 from PIL import Image
@@ -14,42 +14,22 @@ from perceiver_jax.data import pipeline
 from perceiver_jax.data.builders import folders
 from perceiver_jax.errors import DatasetError
 from perceiver_jax.tasks.image_classification import ImageClassificationTask
-from tests.helpers import TINY, set_dotted, tiny_mnist1d_config
+from tests.helpers import ROOT, TINY, set_dotted, tiny_mnist1d_config
 
-# The builder module of docs/datasets.md: two classes of noisy sequences [40, 1].
-BUILDER_MODULE = '''
-import numpy as np
-import tensorflow_datasets as tfds
+DOCS = os.path.join(ROOT, 'docs', 'datasets.md')
 
 
-class {cls}(tfds.core.GeneratorBasedBuilder):
-  """Noisy sequences [40, 1] whose mean says the class (0 or 1)."""
-
-  VERSION = tfds.core.Version('1.0.0')
-
-  def _info(self):
-    return self.dataset_info_from_configs(
-        features=tfds.features.FeaturesDict({{
-            'inputs': tfds.features.Tensor(shape=(40, 1), dtype=np.float32),
-            'label': tfds.features.ClassLabel(names=['low', 'high'])}}),
-        supervised_keys=('inputs', 'label'))
-
-  def _split_generators(self, dl_manager):
-    return {{'train': self._generate_examples(64, seed=0),
-             'test': self._generate_examples(24, seed=1)}}
-
-  def _generate_examples(self, n, seed):
-    rng = np.random.default_rng(seed)
-    for i in range(n):
-      label = i % 2
-      x = rng.normal(loc=2.0 * label, size=(40, 1)).astype(np.float32)
-      yield i, {{'inputs': x, 'label': label}}
-'''
+def docs_python_blocks() -> list[str]:
+  """The ```python blocks of docs/datasets.md: the builder module, then the folder script."""
+  with open(DOCS) as f:
+    return re.findall(r'```python\n(.*?)```', f.read(), re.S)
 
 
-def write_module(tmp_path, cls: str, name: str = 'my_data.py') -> str:
+def write_module(tmp_path, cls: str = 'MySequences', name: str = 'my_sequences.py') -> str:
+  """docs/datasets.md's builder module, its class renamed to `cls` (one class name can be
+  registered once per process)."""
   path = tmp_path / name
-  path.write_text(BUILDER_MODULE.format(cls=cls))
+  path.write_text(docs_python_blocks()[0].replace('class MySequences(', f'class {cls}('))
   return str(path)
 
 
@@ -104,14 +84,13 @@ def train(config, tmp_path, num_classes):
 # ------------------------------------------------------------------------------------------
 
 
-def test_trains_on_a_builder_module_file(tmp_path):
-  module = write_module(tmp_path, 'OwnNoisySequences')
-  config = tiny_mnist1d_config(**{'data.name': 'own_noisy_sequences',
-                                  'data.builder_module': module})
+def test_trains_on_the_docs_builder_module(tmp_path):
+  module = write_module(tmp_path)  # as written in docs/datasets.md
+  config = tiny_mnist1d_config(**{'data.name': 'my_sequences', 'data.builder_module': module})
   final = train(config, tmp_path, num_classes=2)
   assert final['num_examples'] == 24
   assert 0.0 <= final['accuracy'] <= 1.0 and np.isfinite(final['loss'])
-  prepared = pipeline.prepare('own_noisy_sequences', str(tmp_path / 'tfds'))
+  prepared = pipeline.prepare('my_sequences', str(tmp_path / 'tfds'))
   assert prepared.info.splits['train'].num_examples == 64
   assert prepared.info.file_format.value == 'array_record'
 
@@ -175,6 +154,20 @@ def test_npz_features_labels_and_class_names(tmp_path):
   assert features['label'].names == ['a', 'b', 'c', 'd', 'e']
   assert features['inputs'].shape == (40, 1) and features['inputs'].np_dtype == np.float32
   assert features['id'].shape == () and builder.info.supervised_keys == ('inputs', 'label')
+
+
+def test_the_docs_folder_script_makes_folders_that_prepare(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  exec(docs_python_blocks()[1], {})  # pylint: disable=exec-used
+  npz = _data_config(name='npz_folder', source_dir='my_npz', data_dir=str(tmp_path / 'd'))
+  spec = pipeline.dataset_info(npz)
+  assert (spec.input_shape, spec.num_classes, spec.num_train, spec.num_eval) == (
+      (40, 1), 3, 240, 60)
+  images = _data_config(name='image_folder', source_dir='my_images', image_resize=(16, 16),
+                        data_dir=str(tmp_path / 'd'))
+  spec = pipeline.dataset_info(images)
+  assert (spec.input_shape, spec.num_classes, spec.num_train, spec.num_eval) == (
+      (16, 16, 3), 2, 80, 20)
 
 
 def test_two_folders_and_changed_files_do_not_collide(tmp_path):
