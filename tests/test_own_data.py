@@ -2,7 +2,10 @@
 train end to end offline; folder splits are seeded and disjoint; mistakes are one sentence."""
 
 import os
+import pickle
 import re
+import subprocess
+import sys
 
 import numpy as np
 from PIL import Image
@@ -90,9 +93,15 @@ def test_trains_on_the_docs_builder_module(tmp_path):
   final = train(config, tmp_path, num_classes=2)
   assert final['num_examples'] == 24
   assert 0.0 <= final['accuracy'] <= 1.0 and np.isfinite(final['loss'])
-  prepared = pipeline.prepare('my_sequences', str(tmp_path / 'tfds'))
+  prepared = pipeline.prepare('my_sequences', str(tmp_path / 'tfds'),
+                              own=own_data.resolve(config.data))  # as the pipeline reads it
   assert prepared.info.splits['train'].num_examples == 64
   assert prepared.info.file_format.value == 'array_record'
+  # grain worker processes (data.worker_count) unpickle the source without the module.
+  read = subprocess.run(
+      [sys.executable, '-c', 'import pickle, sys; print(len(pickle.load(sys.stdin.buffer)))'],
+      input=pickle.dumps(prepared.as_data_source('test')), capture_output=True, check=True)
+  assert read.stdout.decode().split()[-1] == '24'
 
 
 def test_trains_on_an_npz_folder_with_a_seeded_split(tmp_path):

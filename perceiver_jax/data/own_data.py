@@ -140,12 +140,15 @@ def _from_module(module: str, name: str, base: str) -> OwnDataset:
 
   def builder(data_dir: str) -> tfds.core.DatasetBuilder:
     try:
-      return tfds.builder(name, data_dir=data_dir)
+      made = tfds.builder(name, data_dir=data_dir)
     except Exception as e:  # TFDS raises several types for unknown configs/versions
       configs = [c.name for c in cls.BUILDER_CONFIGS] or ['(none)']
       raise DatasetError(
           f"Dataset '{name}' names an unknown config or version of your builder '{base}' "
           f"({type(e).__name__}); use one of configs {configs}.") from e
+    # Once prepared, read through the files alone: data sources then pickle without the
+    # module (grain worker processes cannot import a module loaded from a file path).
+    return _prepared_or(made)
 
   return OwnDataset(name, builder)
 
@@ -186,13 +189,21 @@ def _folder(data_config, kind: str) -> OwnDataset:
   cls = FOLDER_BUILDERS[kind]
 
   def builder(data_dir: str) -> tfds.core.DatasetBuilder:
+    # Once prepared, features come from the files: the folder is not scanned again (and
+    # TFDS does not log the custom config on every run).
     prepared = os.path.join(data_dir, kind, config.name, str(cls.VERSION))
     if os.path.exists(os.path.join(prepared, 'dataset_info.json')):
-      # Features come from the prepared files: no need to scan the folder again.
       return tfds.builder_from_directory(prepared)
     return cls(data_dir=data_dir, config=config)
 
   return OwnDataset(f'{kind}/{config.name}', builder)
+
+
+def _prepared_or(builder: tfds.core.DatasetBuilder) -> tfds.core.DatasetBuilder:
+  """A read-only builder of the prepared files, or `builder` when not yet prepared."""
+  if os.path.exists(os.path.join(builder.data_dir, 'dataset_info.json')):
+    return tfds.builder_from_directory(builder.data_dir)
+  return builder
 
 
 def _stat(path: str):

@@ -175,7 +175,7 @@ class NpzFolder(_FolderBuilder, skip_registration=True):
             "per-example shapes.")
     return rows, spec
 
-  def _label_feature(self, dtype):
+  def _label_feature(self):
     labels = np.concatenate([np.load(self._path(rel))['label'].ravel()
                              for rel in self._all_files()])
     if labels.size and labels.min() < 0:
@@ -196,7 +196,7 @@ class NpzFolder(_FolderBuilder, skip_registration=True):
     features = {}
     for key, (shape, dtype) in spec.items():
       if key == 'label' and shape == () and dtype.kind in 'iu':
-        features[key] = self._label_feature(dtype)
+        features[key] = self._label_feature()
       elif dtype.kind in 'biuf':
         features[key] = tfds.features.Tensor(shape=shape, dtype=dtype.type)
       else:
