@@ -249,6 +249,16 @@ def test_an_empty_folder_is_one_sentence(tmp_path):
     _prepare(config)
 
 
+def test_a_split_left_empty_by_test_fraction_is_one_sentence(tmp_path):
+  source = write_npz_folder(tmp_path / 'npz', sizes=(2,))  # 0.2 * 2 rounds to no test example
+  config = _data_config(name='npz_folder', source_dir=source, data_dir=str(tmp_path / 'd'))
+  with pytest.raises(DatasetError, match='test_fraction=0.2 of 2 examples leaves an empty'):
+    _prepare(config)
+  config.test_fraction = 1.5
+  with pytest.raises(DatasetError, match=r'test_fraction=1.5 is not in \(0, 1\)'):
+    _prepare(config)
+
+
 def test_an_unprepared_catalogue_dataset_says_it_is_not_prepared_offline(tmp_path):
   data_dir = str(tmp_path / 'd')
   with pytest.raises(DatasetError, match="'mnist' is not prepared in data_dir") as e:

@@ -103,7 +103,8 @@ def _builder(name: str, data_dir: str) -> tfds.core.DatasetBuilder:
     raise DatasetError(
         f"Dataset '{name}' is not known to TFDS and has no prepared files in "
         f"data_dir '{data_dir}' ({type(e).__name__}); check the name (embedded: "
-        f"{', '.join(sorted(EMBEDDED))}) or bring your own data (docs/datasets.md)."
+        f"{', '.join(sorted(EMBEDDED))}) or, for your own data, set config.data.builder_module "
+        f"or use npz_folder / image_folder (docs/datasets.md)."
     ) from e
 
 
