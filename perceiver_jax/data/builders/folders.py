@@ -8,8 +8,8 @@ npz_folder: every `*.npz` file (found recursively, read in sorted path order) ho
 of one or more examples with a leading example axis, e.g. `inputs` [n, 40, 1] and `label`
 [n]. Each array becomes a feature of its dtype and per-example shape; an integer scalar
 `label` becomes a ClassLabel of max+1 classes, or of the names in an optional
-`classes.txt` (one a line, in label order). supervised_keys are (inputs, label) when both
-exist.
+`classes.txt` (one a line, in label order). supervised_keys are (inputs, label) when that
+label is a ClassLabel.
 
 image_folder: `<class>/<file>.png|jpg|...`, decoded with PIL. Classes are the sorted class
 folder names. Features `image` uint8 [height, width, channels] (1 channel when every image is
@@ -203,7 +203,9 @@ class NpzFolder(_FolderBuilder, skip_registration=True):
         raise DatasetError(
             f"npz_folder '{self.builder_config.source_dir}' has array '{key}' of dtype "
             f"{dtype}; store numbers or booleans (text and objects are not supported).")
-    keys = ('inputs', 'label') if {'inputs', 'label'} <= set(spec) else None
+    # The supervised pair only when `label` is a class label (classification reads it so).
+    keys = ('inputs', 'label') if 'inputs' in features and isinstance(
+        features.get('label'), tfds.features.ClassLabel) else None
     return self._info_with(features, keys)
 
   def _split_generators(self, dl_manager):
