@@ -170,7 +170,7 @@ def prepare(name: str, data_dir: str | None, splits: tuple[str, ...] = (),
       try:
         if not _is_prepared(builder):
           logging.info("Preparing dataset '%s' in %s (offline, once).",
-                       name, data_dir)
+                       lock_name, data_dir)
           with _quiet():
             builder.download_and_prepare(
                 file_format='array_record', download_config=tfds.download.DownloadConfig(
