@@ -50,6 +50,12 @@ def get_config() -> ml_collections.ConfigDict:
       # Datasets built from files you download (imagenet2012, flow_files, modelnet40, ...):
       # None = TFDS's <data_dir>/downloads/manual
       manual_dir=ml_collections.FieldReference(None, field_type=str),
+      # Your own data (docs/datasets.md): a module name or .py file defining a TFDS builder
+      builder_module='',
+      # name='npz_folder' | 'image_folder': the folder of your .npz files or class folders
+      source_dir=ml_collections.FieldReference(None, field_type=str),
+      test_fraction=0.2,        # folders without train/ and test/: seeded share of test
+      image_resize=(),          # image_folder: (height, width) to resize to; () keeps sizes
       train_split='train',
       eval_split='test',
       normalize=(0.0, 1.0),     # inputs -> (x - mean) / std

@@ -40,6 +40,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from perceiver_jax import tasks
+from perceiver_jax.data import own_data
 from perceiver_jax.data import transforms
 from perceiver_jax.data.builders import EMBEDDED
 from perceiver_jax.errors import DatasetError
@@ -102,8 +103,8 @@ def _builder(name: str, data_dir: str) -> tfds.core.DatasetBuilder:
     raise DatasetError(
         f"Dataset '{name}' is not known to TFDS and has no prepared files in "
         f"data_dir '{data_dir}' ({type(e).__name__}); check the name (embedded: "
-        f"{', '.join(sorted(EMBEDDED))}) or prepare it there with "
-        f"`tfds build {name} --data_dir={data_dir} --file_format=array_record`."
+        f"{', '.join(sorted(EMBEDDED))}) or, for your own data, set config.data.builder_module "
+        f"or use npz_folder / image_folder (docs/datasets.md)."
     ) from e
 
 
@@ -116,13 +117,14 @@ def _is_prepared(builder) -> bool:
 def _check_split_names(builder, splits, data_dir: str) -> None:
   """Unknown split names fail before any data is built or read.
 
-  The names come from the prepared metadata, or (not yet prepared) from an
-  embedded builder's SPLITS; other unprepared datasets fail on preparation.
+  The names come from the prepared metadata, or (not yet prepared) from the
+  builder's SPLITS (embedded and folder builders declare them); other unprepared
+  datasets fail on preparation.
   """
   if _is_prepared(builder):
     known = list(builder.info.splits.keys())
   else:
-    known = list(getattr(EMBEDDED.get(builder.name), 'SPLITS', ()))
+    known = list(getattr(builder, 'SPLITS', ()))
   for split in splits:
     if known and split.split('[')[0] not in known:  # slices like 'train[:90%]'
       raise DatasetError(
@@ -131,8 +133,9 @@ def _check_split_names(builder, splits, data_dir: str) -> None:
 
 
 def prepare(name: str, data_dir: str | None, splits: tuple[str, ...] = (),
-            manual_dir: str | None = None) -> tfds.core.DatasetBuilder:
-  """Returns the builder of a prepared dataset, building embedded ones once.
+            manual_dir: str | None = None,
+            own: own_data.OwnDataset | None = None) -> tfds.core.DatasetBuilder:
+  """Returns the builder of a prepared dataset, building embedded and own ones once.
 
   Args:
     name: TFDS name, optionally with config and version ('mnist1d/shuffled').
@@ -141,20 +144,25 @@ def prepare(name: str, data_dir: str | None, splits: tuple[str, ...] = (),
     splits: split names to check exist before anything is built.
     manual_dir: where builders that read downloaded files find them; None
       means TFDS's default, <data_dir>/downloads/manual.
+    own: your own dataset (own_data.resolve: a builder_module or a folder),
+      prepared offline like the embedded ones.
   """
   data_dir = _resolve_data_dir(data_dir)
-  builder = _builder(name, data_dir)
+  make_builder = own.builder if own else lambda d: _builder(name, d)
+  builder = make_builder(data_dir)
   _check_split_names(builder, splits, data_dir)
   if not _is_prepared(builder):
-    if builder.name not in EMBEDDED:
+    if own is None and builder.name not in EMBEDDED:
       raise DatasetError(
-          f"Dataset '{name}' is not prepared in data_dir '{data_dir}'; prepare "
-          f"it with `tfds build {name} --data_dir={data_dir} "
-          f"--file_format=array_record` (datasets that need a manual download "
-          f"first want their files in {data_dir}/downloads/manual).")
+          f"Dataset '{name}' is not prepared in data_dir '{data_dir}', and perceiver_jax "
+          "prepares only its embedded datasets and your own (config.data.builder_module, "
+          "npz_folder, image_folder) offline; prepare it with TFDS (file_format "
+          "array_record) on a machine that can download it and copy its folder into this "
+          "data_dir, see docs/datasets.md.")
     os.makedirs(data_dir, exist_ok=True)
+    lock_name = own.name if own else name
     lock_path = os.path.join(
-        data_dir, f".{name.replace('/', '_').replace(':', '_')}.lock")
+        data_dir, f".{lock_name.replace('/', '_').replace(':', '_')}.lock")
     # Several local processes may start at once: one builds, the others wait
     # on the lock and then find the dataset prepared.
     with open(lock_path, 'w') as lock:
@@ -162,7 +170,7 @@ def prepare(name: str, data_dir: str | None, splits: tuple[str, ...] = (),
       try:
         if not _is_prepared(builder):
           logging.info("Preparing dataset '%s' in %s (offline, once).",
-                       name, data_dir)
+                       lock_name, data_dir)
           with _quiet():
             builder.download_and_prepare(
                 file_format='array_record', download_config=tfds.download.DownloadConfig(
@@ -171,14 +179,14 @@ def prepare(name: str, data_dir: str | None, splits: tuple[str, ...] = (),
       finally:
         fcntl.flock(lock, fcntl.LOCK_UN)
     # A fresh builder reads the split sizes written by whoever prepared it.
-    builder = _builder(name, data_dir)
+    builder = make_builder(data_dir)
   file_format = builder.info.file_format
   if file_format is None or file_format.value != 'array_record':
     raise DatasetError(
         f"Dataset '{name}' in data_dir '{data_dir}' is stored as "
         f"{getattr(file_format, 'value', file_format)}, but grain needs "
-        f"ArrayRecord; rebuild it with `tfds build {name} --data_dir={data_dir} "
-        f"--file_format=array_record`.")
+        f"ArrayRecord; prepare it again with file_format array_record (see "
+        f"docs/datasets.md).")
   return builder
 
 
@@ -209,7 +217,8 @@ def dataset_info(data_config, extra_splits: tuple[str, ...] = (),
   task = task or tasks.default_task()
   splits = (data_config.train_split, data_config.eval_split, *extra_splits)
   builder = prepare(data_config.name, data_config.data_dir, splits,
-                    manual_dir=getattr(data_config, 'manual_dir', None) or None)
+                    manual_dir=getattr(data_config, 'manual_dir', None) or None,
+                    own=own_data.resolve(data_config))
   task.features(builder)  # a dataset the task cannot read fails here, in one sentence
   for split in extra_splits:
     _num_examples(builder, split, data_config.data_dir)
@@ -305,7 +314,8 @@ def _examples(data_config, split: str, task) -> tuple[grain.MapDataset, int]:
   """The task's examples of a split (no batch axis, before any random transform),
   and their count."""
   builder = prepare(data_config.name, data_config.data_dir,
-                    manual_dir=getattr(data_config, 'manual_dir', None) or None)
+                    manual_dir=getattr(data_config, 'manual_dir', None) or None,
+                    own=own_data.resolve(data_config))
   num = _num_examples(builder, split, data_config.data_dir)
   source = CheckedSource(builder.as_data_source(split=split), data_config.name,
                          split, task.features(builder))
