@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from perceiver_jax.model import checks
 from perceiver_jax.model.attention import dense
 from perceiver_jax.model.io_processors import PreprocessorOutput, _PositionalPreprocessor
 from perceiver_jax.model.io_processors import space_to_depth
@@ -162,6 +163,9 @@ class ImagePreprocessor(_PositionalPreprocessor):
     if conv_padding not in CONV_PADDINGS:
       raise ValueError(f"Unknown conv_padding {conv_padding!r}; valid values are 'same' "
                        f"(DeepMind) and 'transformers' (HF's port).")
+    checks.positive(spatial_downsample=spatial_downsample,
+                    temporal_downsample=temporal_downsample)
+    checks.at_least_zero(flow_patch_size=flow_patch_size, n_extra_pos_mlp=n_extra_pos_mlp)
     self.prep_type = prep_type
     self.spatial_downsample = int(spatial_downsample)
     self.temporal_downsample = int(temporal_downsample)
