@@ -30,7 +30,8 @@ def at_least_zero(**values) -> None:
 def positive_ints(name: str, values) -> None:
   if (not isinstance(values, (tuple, list)) or not values
       or not all(_is_int(v) and v > 0 for v in values)):
-    raise ValueError(f'{name} must be a non-empty tuple of positive ints, got {values!r}.')
+    raise ValueError(f'{name}={values!r} is invalid; use a tuple of positive ints, e.g. '
+                     f'(4,).')
 
 
 def probability(**values) -> None:
@@ -38,10 +39,10 @@ def probability(**values) -> None:
   for name, value in values.items():
     number = isinstance(value, (int, float)) and not isinstance(value, bool)
     if not number or not math.isfinite(value) or not 0.0 <= value < 1.0:
-      raise ValueError(f'{name} must be a number in [0, 1), got {value!r}.')
+      raise ValueError(f'{name}={value!r} is out of range; use a number in [0, 1).')
 
 
 def choice(name: str, value, valid) -> None:
   if value not in valid:
-    raise ValueError(f'{name}={value!r} is unknown; valid values are '
+    raise ValueError(f'{name}={value!r} is unknown; use one of '
                      f'{", ".join(repr(v) for v in valid)}.')

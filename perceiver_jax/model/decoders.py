@@ -31,6 +31,7 @@ class ProjectionDecoder(nnx.Module):
 
   def __init__(self, num_z_channels: int, num_classes: int, *, dtype: Dtype = jnp.float32,
                param_dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
+    checks.positive(num_classes=num_classes)
     self.num_classes = num_classes
     # DeepMind zero-initialises this layer, so training starts from uniform logits.
     self.logits = dense(num_z_channels, num_classes, ('embed', 'classes'),

@@ -72,8 +72,8 @@ class PerceiverEncoder(nnx.Module):
     for heads, what in ((num_self_attend_heads, 'num_self_attend_heads'),
                         (num_cross_attend_heads, 'num_cross_attend_heads')):
       if num_latent_channels % heads:
-        raise ValueError(f'num_latent_channels ({num_latent_channels}) must be divisible '
-                         f'by {what} ({heads}).')
+        raise ValueError(f'num_latent_channels={num_latent_channels} is not divisible by '
+                         f'{what}={heads}; choose a head count that divides the channels.')
     self.num_blocks = num_blocks
     self.cross_attend_every_block = cross_attend_every_block
     self.share_cross_attend_weights = share_cross_attend_weights

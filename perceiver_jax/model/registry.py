@@ -153,7 +153,7 @@ def resolve(kind: str, name: str | None, path: str) -> Entry:
   valid = [n for n in entries if n is not None]
   close = difflib.get_close_matches(str(name), valid, n=1)
   hint = f' (did you mean {close[0]!r}?)' if close else ''
-  raise UserError(f'{path}.name={name!r} is not a {kind.replace("_", " ")}; use one of '
+  raise UserError(f'{path}.name={name!r} is unknown; use one of '
                   f'{", ".join(repr(v) for v in valid)}{hint}.')
 
 
@@ -170,6 +170,25 @@ def _check_fields(kind: str, name, fields: Mapping[str, Any], path: str) -> None
     pe_fields = dict(position_encoding)
     _check_fields('position_encoding', pe_fields.pop('name', None), pe_fields,
                   f'{path}.position_encoding')
+
+
+def check_sections(model_config) -> None:
+  """Every section's name and field names (nothing built): a cheap check before data."""
+  sections = [('preprocessor', 'preprocessor'), ('encoder', 'encoder'),
+              ('decoder', 'decoder'), ('postprocessor', 'postprocessor')]
+  for kind, key in sections:
+    if key in model_config:
+      _check_section(kind, model_config[key], f'config.model.{key}')
+  for m, mcfg in (model_config.get('modalities') or {}).items():
+    for kind, key in (('preprocessor', 'preprocessor'), ('query', 'decoder'),
+                      ('modality_postprocessor', 'postprocessor')):
+      _check_section(kind, mcfg[key], f'config.model.modalities.{m}.{key}')
+
+
+def _check_section(kind: str, section, path: str) -> None:
+  fields = section_dict(section)
+  name = fields.pop('name', None)
+  _check_fields(kind, name, fields, path)
 
 
 def section_dict(section) -> dict[str, Any]:
@@ -234,6 +253,17 @@ def _multimodal_preprocessor(f, c):
   mask_probs = {m: mcfg.mask_prob for m, mcfg in modalities.items()
                 if mcfg.get('mask_prob') is not None}
   return mm.MultimodalPreprocessor(preps, mask_probs=mask_probs, **f, **c.kw)
+
+
+def _encoder(f, c):
+  try:
+    return PerceiverEncoder(c.preprocessor.num_channels, **f, settings=c.settings, **c.kw)
+  except ValueError as e:
+    if 'must be divisible by num_heads' not in str(e):
+      raise
+    # A width derived from the inputs, not in the config: say where it comes from.
+    raise ValueError(f'{str(e).rstrip(".")} (the preprocessed inputs of shape '
+                     f'{c.input_shape} have {c.preprocessor.num_channels} channels).') from None
 
 
 # Decoders: latent channels and the number of classes are context.
@@ -380,11 +410,7 @@ REGISTRY: dict[str, dict[str | None, Entry]] = {
                            {'project_pos_dim': -1}),
         'none': Entry(None, None),
     },
-    'encoder': {
-        None: Entry(PerceiverEncoder, lambda f, c: PerceiverEncoder(
-            c.preprocessor.num_channels, **f, settings=c.settings, **c.kw),
-            ('input_channels',)),
-    },
+    'encoder': {None: Entry(PerceiverEncoder, _encoder, ('input_channels',))},
     'decoder': {
         'projection': Entry(dec.ProjectionDecoder, lambda f, c: dec.ProjectionDecoder(
             c.latent_channels, c.num_classes, **f, **c.kw), _Z + ('num_classes',)),
