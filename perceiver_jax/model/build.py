@@ -79,7 +79,7 @@ def _moved_model_flags() -> dict[str, str]:
   for kind in ('preprocessor', 'decoder', 'postprocessor'):
     owners: dict[str, list[str]] = {}
     for name, entry in registry.REGISTRY[kind].items():
-      for field in entry.field_defaults():
+      for field in entry.field_names():
         owners.setdefault(field, []).append(name)
     for field, names in sorted(owners.items()):
       moved.setdefault(f'model.{kind}.{field}', (

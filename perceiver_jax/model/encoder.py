@@ -55,11 +55,13 @@ class PerceiverEncoder(nnx.Module):
                settings: ModelSettings = DEFAULT, dtype: Dtype = jnp.float32,
                param_dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
     checks.positive(num_latents=num_latents, num_latent_channels=num_latent_channels,
-                    num_blocks=num_blocks, num_self_attends_per_block=num_self_attends_per_block,
+                    num_blocks=num_blocks,
                     num_cross_attend_heads=num_cross_attend_heads,
                     num_self_attend_heads=num_self_attend_heads,
                     cross_attend_widening_factor=cross_attend_widening_factor,
                     self_attend_widening_factor=self_attend_widening_factor)
+    # 0 self-attends: a cross-attend only (the benchmarks' attention-only models).
+    checks.at_least_zero(num_self_attends_per_block=num_self_attends_per_block)
     checks.optional_positive(qk_channels=qk_channels, v_channels=v_channels)
     checks.probability(dropout_prob=dropout_prob, dropout_attn_prob=dropout_attn_prob)
     checks.choice('remat', remat, REMAT_POLICIES)

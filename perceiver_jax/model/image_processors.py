@@ -268,27 +268,3 @@ class ImagePreprocessor(_PositionalPreprocessor):
       if self.patches_linear is not None:
         x = self.patches_linear(x)
     return self._build_network_inputs(x, pos)
-
-
-def build_image_preprocessor(cfg, input_shape: Sequence[int], *, rngs: nnx.Rngs,
-                             dtype: Dtype = jnp.float32,
-                             param_dtype: Dtype = jnp.float32) -> ImagePreprocessor:
-  """An ImagePreprocessor from a config with the fields of `model.preprocessor`
-  (prep_type, spatial_downsample, temporal_downsample, num_channels, conv_after_patching,
-  conv2d_use_batchnorm, conv_padding, flow_patch_size, n_extra_pos_mlp,
-  position_encoding incl. combine)."""
-  pe_cfg = cfg['position_encoding']
-  pe_cfg = None if pe_cfg is None or pe_cfg['name'] == 'none' else pe_cfg
-  get = lambda key, default: cfg.get(key, default) if hasattr(cfg, 'get') else default
-  return ImagePreprocessor(
-      input_shape, prep_type=get('prep_type', 'conv'),
-      spatial_downsample=get('spatial_downsample', 4),
-      temporal_downsample=get('temporal_downsample', 1),
-      num_channels=get('num_channels', 64),
-      conv_after_patching=get('conv_after_patching', False),
-      conv2d_use_batchnorm=get('conv2d_use_batchnorm', True),
-      conv_padding=get('conv_padding', 'same'),
-      flow_patch_size=get('flow_patch_size', 0),
-      n_extra_pos_mlp=get('n_extra_pos_mlp', 0), position_encoding=pe_cfg,
-      combine=(pe_cfg or {}).get('combine', 'concat'), dtype=dtype,
-      param_dtype=param_dtype, rngs=rngs)

@@ -77,7 +77,12 @@ class Entry:
   defaults: Mapping[str, Any] = dataclasses.field(default_factory=dict)
   fields_from: Any = None
 
-  def field_defaults(self) -> dict[str, Any]:
+  def field_names(self) -> list[str]:
+    """The section's fields (no defaults made: works without ml_collections)."""
+    return list(self._signature_fields()) + [n for n in self.defaults
+                                             if n not in self._signature_fields()]
+
+  def _signature_fields(self) -> dict[str, tuple[Any, Any]]:
     out = {}
     for cls in (self.fields_from, self.cls):
       if cls is None:
@@ -88,6 +93,10 @@ class Entry:
         if p.name in self.context:
           continue
         out[p.name] = (p.default, p.annotation)
+    return out
+
+  def field_defaults(self) -> dict[str, Any]:
+    out = self._signature_fields()
     for name, value in self.defaults.items():
       out[name] = (value() if callable(value) else value, out.get(name, (None, ''))[1])
     return out
@@ -158,7 +167,7 @@ def resolve(kind: str, name: str | None, path: str) -> Entry:
 
 
 def _check_fields(kind: str, name, fields: Mapping[str, Any], path: str) -> None:
-  valid = resolve(kind, name, path).field_defaults()
+  valid = resolve(kind, name, path).field_names()
   unknown = sorted(set(fields) - set(valid))
   if unknown:
     what = f'{kind.replace("_", " ")} {name!r}' if name else kind
