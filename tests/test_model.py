@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from perceiver_jax.errors import UserError
 from perceiver_jax.model import attention as attn_lib
 from perceiver_jax.model import build as build_lib
 from perceiver_jax.model import io_processors as io
@@ -351,4 +352,40 @@ def test_unknown_names_raise_clear_value_error(field, value, message):
   node[leaf] = value
   with pytest.raises(ValueError, match=f"config.model.{message}.name='{value}' is unknown; "
                                        f"use one of"):
+    build(cfg)
+
+
+def test_part_has_every_constructor_kwarg_and_each_stays_overridable():
+  section = part('decoder', 'basic', num_heads=2)
+  assert section.num_heads == 2 and section.position_encoding.name == 'trainable'
+  # Every BasicDecoder kwarg but the context the builder passes (latents, settings, ...).
+  assert {'qk_channels', 'v_channels', 'widening_factor', 'use_query_residual',
+          'final_project', 'output_index_dims', 'query_chunk_size'} <= set(section)
+  section.qk_channels = 16  # a None default keeps its type, so a flag can set it
+  assert part('encoder').num_latents == 512  # PerceiverEncoder's own default
+  with pytest.raises(UserError, match="decoder 'basic' has no field 'num_bands'"):
+    part('decoder', 'basic', num_bands=2)
+
+
+def test_a_field_of_another_kind_names_the_path_and_the_valid_fields():
+  cfg = tiny_config()
+  cfg.decoder = part('decoder', 'projection')
+  cfg.decoder.num_heads = 2  # projection has no attention
+  with pytest.raises(UserError, match=r"config.model.decoder.num_heads is not a field of "
+                                      r"decoder 'projection'; its fields are none"):
+    build(cfg)
+  assert (build_lib.MOVED_MODEL_FLAGS['model.preprocessor.position_encoding.combine']
+          == 'model.preprocessor.combine')
+
+
+def test_model_settings_reach_every_block():
+  cfg = tiny_config()
+  cfg.mlp_activation, cfg.attention_chunk_size = 'gelu', 3
+  model = nnx.eval_shape(lambda: build(cfg))
+  mlps = [m for _, m in nnx.iter_modules(model) if isinstance(m, attn_lib.MLP)]
+  attns = [m for _, m in nnx.iter_modules(model) if isinstance(m, attn_lib.Attention)]
+  assert mlps and all(m.activation == 'gelu' for m in mlps)
+  assert attns and all(m.attention_chunk_size == 3 for m in attns)
+  cfg.attention_impl = 'flash'
+  with pytest.raises(UserError, match="config.model.attention_impl='flash' is unknown"):
     build(cfg)

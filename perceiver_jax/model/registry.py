@@ -79,8 +79,8 @@ class Entry:
 
   def field_names(self) -> list[str]:
     """The section's fields (no defaults made: works without ml_collections)."""
-    return list(self._signature_fields()) + [n for n in self.defaults
-                                             if n not in self._signature_fields()]
+    names = list(self._signature_fields())
+    return names + [n for n in self.defaults if n not in names]
 
   def _signature_fields(self) -> dict[str, tuple[Any, Any]]:
     out = {}
