@@ -92,15 +92,9 @@ class BasicDecoder(nnx.Module):
     self.final_project = final_project
     self.output_pos_enc = nnx.data(None)
     if position_encoding is not None and position_encoding['name'] != 'none':
-      position_encoding = dict(position_encoding)
-      if position_encoding['name'] == 'trainable':
-        if position_encoding.get('num_channels') is None:
-          position_encoding['num_channels'] = num_query_channels or num_z_channels
-        if position_encoding.get('init_scale') is None:
-          position_encoding['init_scale'] = query_init_scale
-      self.output_pos_enc = pe.build_position_encoding(
-          position_encoding, self.output_index_dims, rngs=rngs, channel_name='embed',
-          dtype=dtype, param_dtype=param_dtype)
+      self.output_pos_enc = pe.build_query_encoding(
+          position_encoding, self.output_index_dims, num_query_channels or num_z_channels,
+          query_init_scale, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
       num_query_channels = self.output_pos_enc.num_channels
     elif num_query_channels is None:
       raise ValueError('BasicDecoder without a position encoding needs '

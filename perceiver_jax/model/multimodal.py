@@ -164,15 +164,9 @@ class DecoderQueries(nnx.Module):
     if position_encoding is None or position_encoding['name'] == 'none':
       raise ValueError("Decoder queries need a position encoding ('fourier' or "
                        "'trainable'), not 'none'.")
-    position_encoding = dict(position_encoding)
-    if position_encoding['name'] == 'trainable':
-      if position_encoding.get('num_channels') is None:
-        position_encoding['num_channels'] = num_query_channels or num_z_channels
-      if position_encoding.get('init_scale') is None:
-        position_encoding['init_scale'] = query_init_scale
-    self.output_pos_enc = pe.build_position_encoding(
-        position_encoding, self.output_index_dims, rngs=rngs, channel_name='embed',
-        dtype=dtype, param_dtype=param_dtype)
+    self.output_pos_enc = pe.build_query_encoding(
+        position_encoding, self.output_index_dims, num_query_channels or num_z_channels,
+        query_init_scale, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
     self.num_channels = self.output_pos_enc.num_channels
 
   def num_queries(self, subsampled_points: jax.Array | None = None) -> int:

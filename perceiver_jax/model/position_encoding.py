@@ -196,6 +196,21 @@ def build_position_encoding(config: Any, index_dims: Sequence[int], *,
   return pos_enc
 
 
+def build_query_encoding(config: Any, index_dims: Sequence[int], num_channels: int | None,
+                         init_scale: float, *, rngs: nnx.Rngs, dtype: Dtype = jnp.float32,
+                         param_dtype: Dtype = jnp.float32) -> nnx.Module | None:
+  """A decoder's query encoding: a 'trainable' table is num_channels wide and starts at
+  init_scale unless `config` sets num_channels / init_scale itself."""
+  config = dict(config)
+  if config['name'] == 'trainable':
+    if config.get('num_channels') is None:
+      config['num_channels'] = num_channels
+    if config.get('init_scale') is None:
+      config['init_scale'] = init_scale
+  return build_position_encoding(config, index_dims, rngs=rngs, channel_name='embed',
+                                 dtype=dtype, param_dtype=param_dtype)
+
+
 # config name -> the class whose kwargs its config section holds (None: no encoding);
 # every section may add project_pos_dim (> 0: a linear projection to that many channels).
 POSITION_ENCODINGS = {'fourier': FourierPositionEncoding,
