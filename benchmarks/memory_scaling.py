@@ -41,6 +41,7 @@ from flax import nnx
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from perceiver_jax.model import ClassificationDecoder, Perceiver, PerceiverEncoder  # noqa: E402
+from perceiver_jax.model.settings import ModelSettings  # noqa: E402
 
 GIB = 2 ** 30
 
@@ -62,8 +63,8 @@ class Setup:
 def build(setup: Setup, chunked: bool, rngs: nnx.Rngs) -> Perceiver:
   """The Perceiver (1 cross-attend + self_attends, classification decoder); `chunked`
   turns the memory-efficient path on for every attention with more keys than a chunk."""
-  attn = dict(attention_chunk_size=setup.chunk_size if chunked else 0,
-              attention_auto_chunk_threshold=0)
+  attn = dict(settings=ModelSettings(attention_chunk_size=setup.chunk_size if chunked else 0,
+                                     attention_auto_chunk_threshold=0))
   # Unsharded parameters: their logical-axis metadata would otherwise need a mesh.
   with nnx.use_eager_sharding(False):
     encoder = PerceiverEncoder(

@@ -47,8 +47,9 @@ from benchmarks.throughput import count_params, make_train_step  # noqa: E402
 from perceiver_jax import flops as flops_lib  # noqa: E402
 from perceiver_jax.model.decoders import ClassificationDecoder  # noqa: E402
 from perceiver_jax.model.encoder import PerceiverEncoder  # noqa: E402
-from perceiver_jax.model.image_processors import build_image_preprocessor  # noqa: E402
+from perceiver_jax.model.image_processors import ImagePreprocessor  # noqa: E402
 from perceiver_jax.model.perceiver import Perceiver  # noqa: E402
+from perceiver_jax.model.settings import ModelSettings  # noqa: E402
 
 IMAGENET = dict(image=(224, 224, 3), num_bands=64, latents=512, width=1024, blocks=8,
                 self_attends=6, self_heads=8, cross_heads=1, widening=1, classes=1000)
@@ -71,20 +72,21 @@ def build(cfg: dict, dtype, attention_impl: str | None, scan_blocks: bool = True
   h, w, _ = cfg['image']
   kw = dict(dtype=dtype, param_dtype=jnp.float32, rngs=nnx.Rngs(params=0))
   pos = dict(name='fourier', num_bands=cfg['num_bands'], max_resolution=(h, w),
-             concat_pos=True, sine_only=False, project_pos_dim=-1, combine='concat')
+             concat_pos=True, sine_only=False, project_pos_dim=-1)
+  settings = ModelSettings(attention_impl=attention_impl)
   with nnx.use_eager_sharding(False):
-    prep = build_image_preprocessor(dict(prep_type='pixels', spatial_downsample=1,
-                                         position_encoding=pos), cfg['image'], **kw)
+    prep = ImagePreprocessor(cfg['image'], prep_type='pixels', spatial_downsample=1,
+                             position_encoding=pos, **kw)
     encoder = PerceiverEncoder(
         prep.num_channels, num_latents=cfg['latents'], num_latent_channels=cfg['width'],
         num_blocks=cfg['blocks'], num_self_attends_per_block=cfg['self_attends'],
         num_cross_attend_heads=cfg['cross_heads'], num_self_attend_heads=cfg['self_heads'],
         cross_attend_widening_factor=cfg['widening'],
-        self_attend_widening_factor=cfg['widening'], attention_impl=attention_impl,
+        self_attend_widening_factor=cfg['widening'], settings=settings,
         scan_blocks=scan_blocks, remat=remat, **kw)
     decoder = ClassificationDecoder(cfg['width'], cfg['classes'],
                                     num_query_channels=cfg['width'], num_heads=1,
-                                    widening_factor=1, attention_impl=attention_impl, **kw)
+                                    widening_factor=1, settings=settings, **kw)
   return Perceiver(prep, encoder, decoder)
 
 

@@ -54,7 +54,7 @@ Variants (configs/audioset_perceiver.py:modality=audio,runlocal,steps=N):
 
 from configs import common
 from perceiver_jax import tasks
-from perceiver_jax.model.build_multimodal import modality_config
+from perceiver_jax.model.build import modality_config, part
 
 NUM_CLASSES = 527
 SAMPLE_RATE = 48000
@@ -67,9 +67,8 @@ BATCH_SIZE = 512            # [unconfirmed]
 FOURIER_BANDS = 64          # Perceiver IO App. G
 
 
-def _fourier(num_bands, max_resolution=None):
-  return dict(name='fourier', num_bands=num_bands, max_resolution=max_resolution,
-              concat_pos=True, sine_only=False, project_pos_dim=-1, combine='concat')
+def _fourier(num_bands):
+  return dict(name='fourier', num_bands=num_bands)
 
 
 def _audio_preprocessor(samples_per_patch, num_bands):
@@ -80,8 +79,7 @@ def _audio_preprocessor(samples_per_patch, num_bands):
 
 def _video_preprocessor(num_bands, spatial, temporal):
   return dict(name='image', prep_type='patches', spatial_downsample=spatial,
-              temporal_downsample=temporal, conv_after_patching=False, n_extra_pos_mlp=0,
-              position_encoding=_fourier(num_bands))
+              temporal_downsample=temporal, position_encoding=_fourier(num_bands))
 
 
 def get_config(arg=None):
@@ -105,8 +103,7 @@ def get_config(arg=None):
   audio = _audio_preprocessor(32 if small else SAMPLES_PER_PATCH,
                                16 if small else FOURIER_BANDS)
   if video:
-    model.preprocessor.name = 'multimodal'
-    model.preprocessor.min_padding_size = 4
+    model.preprocessor = part('preprocessor', 'multimodal', min_padding_size=4)
     model.modalities.update(dict(
         audio=modality_config(preprocessor=audio, decoder={}, postprocessor={}),
         image=modality_config(
@@ -114,25 +111,18 @@ def get_config(arg=None):
                                              4 if small else 8, 2),
             decoder={}, postprocessor={})))
   else:
-    model.preprocessor.update(audio)
-  enc = model.encoder
-  enc.num_latents = 16 if small else 512
-  enc.num_latent_channels = 32 if small else 1024
-  enc.num_blocks = 2                    # 2 cross-attends (Sec. 4.2)
-  enc.num_self_attends_per_block = 1 if small else 8
-  enc.num_cross_attend_heads = 1
-  enc.num_self_attend_heads = 2 if small else 8
-  enc.cross_attend_widening_factor = 1
-  enc.self_attend_widening_factor = 1
-  enc.cross_attention_shape_for_attn = 'kv'
-  enc.use_query_residual = True
-  enc.dropout_prob = 0.0
-  enc.cross_attend_every_block = True   # the original Perceiver's iterative cross-attends
-  # Sec. 4.2: no weight sharing. With 2 blocks both settings give one extra cross-attend
-  # of its own; runlocal keeps its value.
-  enc.share_cross_attend_weights = small
-  model.decoder.name = 'projection'     # mean over latents, then linear (zero-initialised)
-  model.postprocessor.name = 'none'
+    model.preprocessor = part('preprocessor', **audio)
+  # 2 blocks = 2 cross-attends, the original Perceiver's iterative form (Sec. 4.2); no
+  # weight sharing there (with 2 blocks both settings give one extra cross-attend of its
+  # own; runlocal keeps its value).
+  model.encoder = part('encoder', num_latents=16 if small else 512,
+                       num_latent_channels=32 if small else 1024, num_blocks=2,
+                       num_self_attends_per_block=1 if small else 8,
+                       num_self_attend_heads=2 if small else 8,
+                       cross_attend_every_block=True, share_cross_attend_weights=small)
+  # Mean over latents, then linear (zero-initialised).
+  model.decoder = part('decoder', 'projection')
+  model.postprocessor = part('postprocessor', 'none')
 
   config.train.batch_size = 16 if small else BATCH_SIZE
   config.train.num_steps = variant.steps or (

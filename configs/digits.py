@@ -9,6 +9,7 @@ images it generalises better than one cross-attend with one head.
 """
 
 from configs import common
+from perceiver_jax.model.build import part
 
 
 def get_config(arg=None):
@@ -20,22 +21,12 @@ def get_config(arg=None):
 
   model = config.model
   model.num_classes = 10
-  model.preprocessor.name = 'patches'
-  model.preprocessor.patch_size = (2, 2)
-  model.preprocessor.num_channels = 64
-  model.preprocessor.position_encoding.name = 'fourier'  # on the 4x4 patch grid
-  model.preprocessor.position_encoding.num_bands = 8
-  model.encoder.num_latents = 32
-  model.encoder.num_latent_channels = 64
-  model.encoder.num_blocks = 2
-  model.encoder.num_self_attends_per_block = 2
+  model.preprocessor = part('preprocessor', 'patches', patch_size=(2, 2), num_channels=64,
+                            position_encoding=dict(num_bands=8))  # on the 4x4 patch grid
+  # The defaults' 32 x 64 latents, 2 blocks of 2 self-attends (4 heads), iterative.
   model.encoder.cross_attend_every_block = True
-  model.encoder.share_cross_attend_weights = True
   model.encoder.num_cross_attend_heads = 2
-  model.encoder.num_self_attend_heads = 4
   model.encoder.dropout_prob = 0.2
-  model.decoder.name = 'classification'
-  model.decoder.num_heads = 1
 
   config.train.batch_size = 64
   config.train.num_steps = variant.steps

@@ -19,12 +19,15 @@ Variants (configs/flow_skimage.py:runlocal,steps=N):
 """
 
 from configs import common
+from configs.pretrained import optical_flow_perceiver
 from perceiver_jax import tasks
+from perceiver_jax.model.build import part
 
 
 def get_config(arg=None):
-  config = common.get_config()
   variant = common.parse_arg(arg, runlocal=False, steps=0)
+  config = optical_flow_perceiver.get_config()
+  del config['convert']  # only convert.py reads it
   config.task = tasks.task_config(
       'flow', crop_size=(),  # the stored 64x64 (16x16 for runlocal)
       flip=True,             # mirrored pairs (dx negated): more distinct training pairs
@@ -32,47 +35,17 @@ def get_config(arg=None):
   config.data.name = 'skimage_flow/tiny' if variant.runlocal else 'skimage_flow/crop64'
   size = 16 if variant.runlocal else 64
 
+  # The released optical-flow Perceiver's design (3x3 neighbourhoods of both frames,
+  # a linear to 64 channels, Fourier features, a flow decoder querying every pixel, flow
+  # scaled by 20 to pixels) at CPU size.
   model = config.model
-  model.num_classes = 2
-  prep = model.preprocessor
-  prep.name = 'image'
-  prep.prep_type = 'patches'
-  prep.flow_patch_size = 3
-  prep.spatial_downsample = 1
-  prep.temporal_downsample = 2   # the two frames stacked per pixel
-  prep.conv_after_patching = True
-  prep.num_channels = 16 if variant.runlocal else 64
-  prep.n_extra_pos_mlp = 0
-  pos = prep.position_encoding
-  pos.name = 'fourier'
-  pos.num_bands = 4 if variant.runlocal else 16
-  pos.max_resolution = (size, size)
-  pos.concat_pos = True
-  pos.sine_only = False
-  pos.project_pos_dim = -1
-  pos.combine = 'concat'
-  enc = model.encoder
-  enc.num_latents = 16 if variant.runlocal else 256
-  enc.num_latent_channels = 32 if variant.runlocal else 128
-  enc.num_blocks = 1
-  enc.num_self_attends_per_block = 2 if variant.runlocal else 6
-  enc.num_cross_attend_heads = 1
-  enc.num_self_attend_heads = 2 if variant.runlocal else 4
-  enc.cross_attend_widening_factor = 1
-  enc.self_attend_widening_factor = 1
-  enc.cross_attention_shape_for_attn = 'kv'
-  enc.use_query_residual = True
-  enc.dropout_prob = 0.0
-  enc.latent_init_scale = 0.02
-  dec = model.decoder
-  dec.name = 'flow'
-  dec.num_heads = 1
-  dec.widening_factor = 1
-  dec.use_query_residual = False
-  dec.output_num_channels = 2
-  dec.rescale_factor = 100.0
-  model.postprocessor.name = 'flow'
-  model.postprocessor.flow_scale = 20.0  # DeepMind's FLOW_SCALE_FACTOR: outputs in pixels
+  model.preprocessor.num_channels = 16 if variant.runlocal else 64
+  model.preprocessor.position_encoding.num_bands = 4 if variant.runlocal else 16
+  model.preprocessor.position_encoding.max_resolution = (size, size)
+  model.encoder = part('encoder', num_latents=16 if variant.runlocal else 256,
+                       num_latent_channels=32 if variant.runlocal else 128, num_blocks=1,
+                       num_self_attends_per_block=2 if variant.runlocal else 6,
+                       num_self_attend_heads=2 if variant.runlocal else 4)
 
   # 0.84M params, 2.5 GFLOPs/example forward: about 1.45 s a step and 50 s a test-split eval
   # on a 2-core CPU, so 1000 steps (1.6 epochs) and 2 evals fit in 30 minutes.

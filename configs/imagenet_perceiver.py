@@ -35,6 +35,7 @@ Variants (configs/imagenet_perceiver.py:batch=256,steps=1000):
 
 from configs import _imagenet
 from configs import common
+from perceiver_jax.model.build import part
 
 
 def get_config(arg=None):
@@ -44,36 +45,15 @@ def get_config(arg=None):
 
   model = config.model
   model.num_classes = 1000
-  prep = model.preprocessor
-  prep.name = 'image'
-  prep.prep_type = 'pixels'
-  prep.spatial_downsample = 1
-  pos = prep.position_encoding
-  pos.name = 'fourier'
-  pos.num_bands = 16 if variant.runlocal else 64
-  pos.max_resolution = (size, size)
-  pos.concat_pos = True
-  pos.sine_only = False
-  pos.project_pos_dim = -1
-  pos.combine = 'concat'
-
-  enc = model.encoder
-  enc.num_latents = 512
-  enc.num_latent_channels = 1024
-  enc.num_blocks = 8
-  enc.num_self_attends_per_block = 6
-  enc.cross_attend_every_block = True
-  enc.share_cross_attend_weights = True
-  enc.num_cross_attend_heads = 1
-  enc.num_self_attend_heads = 8
-  enc.cross_attend_widening_factor = 1
-  enc.self_attend_widening_factor = 1
-  enc.cross_attention_shape_for_attn = 'kv'
-  enc.use_query_residual = True
-  enc.dropout_prob = 0.0
-  enc.latent_init_scale = 0.02
-  model.decoder.name = 'projection'
-  model.postprocessor.name = 'none'
+  model.preprocessor = part(
+      'preprocessor', 'image', prep_type='pixels', spatial_downsample=1,
+      position_encoding=dict(name='fourier', num_bands=16 if variant.runlocal else 64,
+                             max_resolution=(size, size)))
+  # PerceiverEncoder's defaults (512 x 1024 latents, 8 blocks of 6 self-attends, 8 heads)
+  # in the iterative form: weight-shared cross-attends before every block.
+  model.encoder = part('encoder', cross_attend_every_block=True)
+  model.decoder = part('decoder', 'projection')
+  model.postprocessor = part('postprocessor', 'none')
 
   _imagenet.apply_recipe(config, variant)
   if variant.runlocal:

@@ -61,24 +61,9 @@ RUNLOCAL_SEQ_LEN = 128
 def shrink_to_runlocal(config):
   """The language Perceiver's design at a size that trains in seconds on a CPU: 128-byte
   inputs and outputs, 32-wide embedding, 16 x 64 latents, 1 self-attend, 2 heads."""
-  seq_len, d_model, d_latents, heads = RUNLOCAL_SEQ_LEN, 32, 64, 2
-  model = config.model
-  model.preprocessor.num_channels = d_model
-  model.preprocessor.max_seq_len = seq_len
-  enc = model.encoder
-  enc.num_latents = 16
-  enc.num_latent_channels = d_latents
-  enc.num_self_attends_per_block = 1
-  enc.num_cross_attend_heads = heads
-  enc.num_self_attend_heads = heads
-  enc.qk_channels = d_model
-  enc.v_channels = d_latents
-  dec = model.decoder
-  dec.output_index_dims = (seq_len,)
-  dec.num_query_channels = d_model
-  dec.num_heads = heads
-  dec.qk_channels = d_model
-  dec.v_channels = d_model
+  language_perceiver.byte_model(config.model, seq_len=RUNLOCAL_SEQ_LEN, d_model=32,
+                                d_latents=64, heads=2, num_latents=16, num_self_attends=1,
+                                qk_channels=32)
   return config
 
 

@@ -18,6 +18,7 @@ Variants (configs/mlm_stdlib.py:runlocal,steps=N):
 """
 
 from configs import common
+from configs.pretrained import language_perceiver
 from perceiver_jax import tasks
 from perceiver_jax.tokenizer import VOCAB_SIZE  # 256 bytes + the special ids
 
@@ -37,45 +38,12 @@ def get_config(arg=None):
   d_latents = 64 if variant.runlocal else 256
   heads = 2 if variant.runlocal else 4
 
-  model = config.model
-  model.num_classes = VOCAB_SIZE
-  prep = model.preprocessor
-  prep.name = 'text'
-  prep.vocab_size = VOCAB_SIZE
-  prep.num_channels = d_model
-  prep.max_seq_len = seq_len
-  prep.position_encoding.name = 'trainable'
-  prep.position_encoding.init_scale = 0.02
-  enc = model.encoder
-  enc.num_latents = 16 if variant.runlocal else 128
-  enc.num_latent_channels = d_latents
-  enc.num_blocks = 1
-  enc.num_self_attends_per_block = 2 if variant.runlocal else 6
-  enc.num_cross_attend_heads = heads
-  enc.num_self_attend_heads = heads
-  enc.qk_channels = d_model
-  enc.v_channels = d_latents
-  enc.cross_attend_widening_factor = 1
-  enc.self_attend_widening_factor = 1
-  enc.cross_attention_shape_for_attn = 'kv'
-  enc.use_query_residual = True
-  enc.dropout_prob = 0.0
-  enc.latent_init_scale = 0.02
-  enc.cross_attend_every_block = False
-  dec = model.decoder
-  dec.name = 'basic'
-  dec.output_index_dims = (seq_len,)  # one query per byte position
-  dec.num_query_channels = d_model
-  dec.query_init_scale = 0.02
-  dec.position_encoding.name = 'trainable'
-  dec.num_heads = heads
-  dec.qk_channels = d_model
-  dec.v_channels = d_model
-  dec.widening_factor = 1
-  dec.use_query_residual = False
-  dec.final_project = False
-  dec.query_chunk_size = 0
-  model.postprocessor.name = 'embedding_decoder'  # tied to the byte embedding
+  config.model.num_classes = VOCAB_SIZE
+  # The language Perceiver's design (one query per byte, tied embedding) at CPU size.
+  language_perceiver.byte_model(
+      config.model, seq_len=seq_len, d_model=d_model, d_latents=d_latents, heads=heads,
+      num_latents=16 if variant.runlocal else 128,
+      num_self_attends=2 if variant.runlocal else 6, qk_channels=d_model)
 
   config.train.batch_size = 8 if variant.runlocal else 32
   # 2.6M params, 0.9 GFLOPs/example forward: about 1.0 s a step and 35 s a test-split eval

@@ -46,6 +46,7 @@ Variants (configs/text_classification.py:data=mnli,steps=N):
 from configs import common
 from configs import mlm_c4
 from perceiver_jax import tasks
+from perceiver_jax.model.build import part
 
 # TFDS name, text features, train split, eval split, classes, training examples.
 DATASETS = {
@@ -86,16 +87,9 @@ def get_config(arg=None):
 
   model = config.model
   model.num_classes = num_classes
-  dec = model.decoder
-  dec.name = 'classification'
-  dec.num_query_channels = model.encoder.num_latent_channels
-  dec.num_heads = 1
-  dec.qk_channels = None
-  dec.v_channels = None
-  dec.widening_factor = 1
-  dec.use_query_residual = True
-  dec.query_init_scale = 0.02
-  model.postprocessor.name = 'auto'  # the decoder's linear layer gives the logits
+  model.decoder = part('decoder', 'classification',
+                       num_query_channels=model.encoder.num_latent_channels)
+  model.postprocessor = part('postprocessor', 'auto')  # the decoder's layer gives logits
   del config['convert']  # perceiver-convert settings of the MLM model, not of this one
   config.init_from = None  # --config.init_from=WORKDIR of the pretrained model
   config.init_exclude = HEAD

@@ -22,13 +22,14 @@ import sys
 from absl import flags
 
 from perceiver_jax.errors import UserError
+from perceiver_jax.model.build import MOVED_MODEL_FLAGS
 from perceiver_jax.moved_flags import MOVED_FLAGS
 
 CONFIG_FLAG = 'config'
 # Every table of moved config fields (old path -> new path, below `config.`) an override
 # is checked against, first match wins.
-# INTEGRATOR: add perceiver_jax.model.build.MOVED_MODEL_FLAGS to this tuple.
-MOVED_TABLES: tuple[dict[str, str], ...] = (MOVED_FLAGS,)
+# old dotted path -> its new path, or a sentence saying where it lives now.
+MOVED_TABLES: tuple[dict[str, str], ...] = (MOVED_FLAGS, MOVED_MODEL_FLAGS)
 
 
 def _one_line(text: str) -> str:
@@ -128,6 +129,8 @@ def _moved(path: str, arg: str, config) -> str | None:
     found = _lookup(config, path)
     if found is not None and not _is_section(found[0][found[1]]):
       return None  # an older config file that still has the field: it overrides fine
+    if not re.fullmatch(r'[\w.]+', new):  # a field only some part kinds have
+      return f'config.{path} is not a field of this config: it is {new}.'
     new_arg = arg.replace(f'{CONFIG_FLAG}.{path}', f'{CONFIG_FLAG}.{new}', 1)
     return f'config.{path} moved to config.{new}; use {new_arg}.'
   return None

@@ -17,17 +17,8 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from perceiver_jax.errors import UserError
-
-COMPUTE_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
-
-
-def compute_dtype(name: str):
-  """The jnp dtype named by config.model.dtype."""
-  if name not in COMPUTE_DTYPES:
-    raise UserError(f'config.model.dtype={name!r} is not a compute dtype; use one of '
-                    f'{", ".join(COMPUTE_DTYPES)} (parameters always stay float32).')
-  return COMPUTE_DTYPES[name]
+# The model layer owns the name -> dtype lookup; re-exported for the training layer.
+from perceiver_jax.model.settings import COMPUTE_DTYPES, compute_dtype  # noqa: F401
 
 
 @flax.struct.dataclass

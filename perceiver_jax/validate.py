@@ -21,15 +21,10 @@ import jax
 from perceiver_jax import precision
 from perceiver_jax import sharding as shd
 from perceiver_jax.errors import UserError
-from perceiver_jax.model import build as model_build
-from perceiver_jax.model import image_processors as img
-from perceiver_jax.model import io_processors as io_proc
-from perceiver_jax.model.attention import MLP_ACTIVATIONS
-from perceiver_jax.model.encoder import REMAT_POLICIES
+from perceiver_jax.model import registry
+from perceiver_jax.model.settings import ModelSettings
 from perceiver_jax.moved_flags import MOVED_FLAGS
 from perceiver_jax.optim import OPTIMIZERS, SCHEDULES
-
-ATTENTION_IMPLS = (None, 'xla', 'cudnn')
 
 
 def _get(config, path: str):
@@ -84,20 +79,6 @@ def _choice(config, path: str, choices) -> None:
                   f'{", ".join(repr(c) for c in choices)}{hint}.')
 
 
-def _positive_ints(config, path: str) -> None:
-  value = _get(config, path)
-  if (not isinstance(value, (tuple, list)) or not value
-      or not all(_is_int(v) and v > 0 for v in value)):
-    raise UserError(f'config.{path}={value!r} is invalid; use a tuple of positive ints, '
-                    f'e.g. --config.{path}="(4,)".')
-
-
-def _divisible(channels: int, what: str, heads: int, heads_name: str) -> None:
-  if channels % heads:
-    raise UserError(f'{what}={channels} is not divisible by {heads_name}={heads}; choose a '
-                    'head count that divides the channels (or channels that the heads divide).')
-
-
 def _check_data(config) -> None:
   from perceiver_jax.data import transforms  # pylint: disable=g-import-not-at-top
   data = config.data
@@ -121,87 +102,12 @@ def _check_data(config) -> None:
 
 
 def _check_model(config) -> None:
-  """Names and sizes of config.model (see model/build.py for the schema)."""
-  model, enc = config.model, config.model.encoder
-  _positive(model.num_classes, 'model.num_classes')
-  _choice(config, 'model.attention_impl', ATTENTION_IMPLS)
-  _choice(config, 'model.mlp_activation', tuple(MLP_ACTIVATIONS))
-  for name in ('attention_chunk_size', 'attention_auto_chunk_threshold'):
-    value = model.get(name, 0)
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-      raise UserError(f'config.model.{name}={value!r} is invalid; use an integer >= 0 '
-                      '(0 = off).')
-
-  pre = model.preprocessor
-  _choice(config, 'model.preprocessor.name', model_build.PREPROCESSORS)
-  if pre.name not in ('multimodal', 'text', 'one_hot'):
-    pe = 'model.preprocessor.position_encoding'
-    _choice(config, f'{pe}.name', model_build.POSITION_ENCODINGS)
-    _choice(config, f'{pe}.combine', io_proc.COMBINE_MODES)
-    if pre.position_encoding.name == 'fourier':
-      _at_least(config, f'{pe}.num_bands', 1)
-    if pre.position_encoding.name == 'trainable':
-      _at_least(config, f'{pe}.num_channels', 1)
-  _at_least(config, 'model.preprocessor.num_channels', 0)
-  if pre.name == 'patches':
-    _positive_ints(config, 'model.preprocessor.patch_size')
-  if pre.name == 'image':
-    _choice(config, 'model.preprocessor.prep_type', img.PREP_TYPES)
-    _choice(config, 'model.preprocessor.conv_padding', img.CONV_PADDINGS)
-    _at_least(config, 'model.preprocessor.spatial_downsample', 1)
-  if pre.name == 'conv1d':
-    for name in ('kernel_size', 'stride', 'pool_size'):
-      _at_least(config, f'model.preprocessor.{name}', 1)
-  if pre.name == 'audio':
-    _at_least(config, 'model.preprocessor.samples_per_patch', 1)
-  if pre.name == 'text':
-    _at_least(config, 'model.preprocessor.vocab_size', 1)
-    _at_least(config, 'model.preprocessor.max_seq_len', 1)
-
-  for name in ('num_latents', 'num_latent_channels', 'num_blocks', 'num_self_attends_per_block',
-               'num_cross_attend_heads', 'num_self_attend_heads',
-               'cross_attend_widening_factor', 'self_attend_widening_factor'):
-    _positive(enc[name], f'model.encoder.{name}')
-  if enc.num_latent_channels % enc.num_self_attend_heads:
-    raise UserError(f'model.encoder.num_latent_channels={enc.num_latent_channels} is not '
-                    f'divisible by num_self_attend_heads={enc.num_self_attend_heads}; '
-                    'choose a head count that divides the latent channels.')
-  # The cross-attend's output projection maps heads back onto the latents, whatever its qk
-  # width ('kv': from the inputs, checked by the abstract build in checked_data_spec).
-  _divisible(enc.num_latent_channels, 'model.encoder.num_latent_channels',
-             enc.num_cross_attend_heads, 'num_cross_attend_heads')
-  _choice(config, 'model.encoder.cross_attention_shape_for_attn', ('q', 'kv'))
-  for name in ('qk_channels', 'v_channels'):
-    _at_least(config, f'model.encoder.{name}', 1, optional=True)
-    if enc[name] is not None:
-      for heads in ('num_cross_attend_heads', 'num_self_attend_heads'):
-        _divisible(enc[name], f'model.encoder.{name}', enc[heads], heads)
-  _in_range(config, 'model.encoder.dropout_prob', 0.0, 1.0)
-  remat = enc.get('remat', 'none')
-  if remat not in REMAT_POLICIES:
-    raise UserError(f'config.model.encoder.remat={remat!r} is not a remat policy; use one of '
-                    f'{", ".join(REMAT_POLICIES)}.')
-
-  dec = model.decoder
-  _choice(config, 'model.decoder.name', model_build.DECODERS)
-  _choice(config, 'model.postprocessor.name', model_build.POSTPROCESSORS)
-  if dec.name in ('projection',):
-    return
-  for name in ('num_heads', 'widening_factor'):
-    _at_least(config, f'model.decoder.{name}', 1)
-  for name in ('qk_channels', 'v_channels', 'num_query_channels', 'output_num_channels'):
-    _at_least(config, f'model.decoder.{name}', 1, optional=True)
-  _at_least(config, 'model.decoder.query_chunk_size', 0)
-  qk = dec.qk_channels or enc.num_latent_channels  # decoders take qk width from the latents
-  _divisible(qk, 'model.decoder.qk_channels' if dec.qk_channels else
-             'model.encoder.num_latent_channels (the decoder\'s qk width)',
-             dec.num_heads, 'model.decoder.num_heads')
-  if dec.v_channels is not None:
-    _divisible(dec.v_channels, 'model.decoder.v_channels', dec.num_heads,
-               'model.decoder.num_heads')
-  if dec.name in ('basic', 'video'):
-    _positive_ints(config, 'model.decoder.output_index_dims')
-    _choice(config, 'model.decoder.position_encoding.name', model_build.DECODER_QUERY_ENCODINGS)
+  """config.model's settings and its sections' names and field names, before any data is
+  read. The constructors check the values themselves when checked_data_spec builds the
+  model abstractly; registry.build_part names the config path of what they refuse."""
+  _positive(config.model.num_classes, 'model.num_classes')
+  ModelSettings.from_config(config.model)
+  registry.check_sections(config.model)
 
 
 def _check_training(config) -> None:

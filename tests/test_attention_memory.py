@@ -189,11 +189,11 @@ def loss_and_grads(model, inputs, input_mask):
 
 
 def test_model_config_selects_chunking_everywhere_with_equal_results():
-  overrides = {'decoder.name': 'basic', 'decoder.output_index_dims': (9,),
-               'decoder.output_num_channels': 3, 'decoder.query_chunk_size': 2}
+  decoder = build_lib.part('decoder', 'basic', output_index_dims=(9,), output_num_channels=3,
+                           query_chunk_size=2)
   inputs = arrays([(2, 30, 2)], seed=1)[0]
   input_mask = jnp.asarray(np.arange(30)[None] < np.array([[30], [17]]))
-  build = lambda **o: build_lib.build_model(tiny_config(**overrides, **o),
+  build = lambda **o: build_lib.build_model(tiny_config(decoder=decoder, **o),
                                             input_shape=(30, 2), rngs=nnx.Rngs(params=0))
   plain = build(attention_auto_chunk_threshold=0)
   # chunk 5: the cross-attends (30 inputs: 6 chunks), self-attends and the decoder (12
@@ -223,10 +223,11 @@ def test_model_config_selects_chunking_everywhere_with_equal_results():
 
 
 def test_multimodal_decoder_receives_the_chunking_fields():
-  from perceiver_jax.model import build_multimodal as bmm
   cfg = tiny_config(attention_chunk_size=64, attention_auto_chunk_threshold=1000)
-  cfg.preprocessor.name = cfg.decoder.name = cfg.postprocessor.name = 'multimodal'
-  cfg.modalities.label = bmm.modality_config(
+  cfg.preprocessor = build_lib.part('preprocessor', 'multimodal')
+  cfg.decoder = build_lib.part('decoder', 'multimodal')
+  cfg.postprocessor = build_lib.part('postprocessor', 'multimodal')
+  cfg.modalities.label = build_lib.modality_config(
       dict(name='one_hot'), decoder=dict(name='classification', num_query_channels=4),
       postprocessor=dict(name='classification'))
   model = nnx.eval_shape(lambda: build_lib.build_model(cfg, input_shape={'label': (3,)},

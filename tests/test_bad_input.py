@@ -71,13 +71,14 @@ CASES = [
     # The cross-attend's qk width comes from the inputs (64 conv + 33 Fourier channels), so
     # the abstract build finds it.
     (['--config.model.encoder.num_cross_attend_heads=2'],
-     'cannot be built for inputs of shape (40, 1) from dataset \'mnist1d/plain\': qk_channels '
-     '(97) must be divisible by num_heads (2)'),
+     'config.model.encoder: qk_channels (97) must be divisible by num_heads (2) (the '
+     'preprocessed inputs of shape (40, 1) have 97 channels)'),
     (['--config.model.encoder.cross_attention_shape_for_attn=k'],
      "cross_attention_shape_for_attn='k' is unknown; use one of 'q', 'kv'"),
     (['--config.model.encoder.qk_channels=30'],
-     'model.encoder.qk_channels=30 is not divisible by num_self_attend_heads=4'),
-    (['--config.model.decoder.num_heads=3'], 'is not divisible by model.decoder.num_heads=3'),
+     'config.model.encoder: qk_channels (30) must be divisible by num_heads (4)'),
+    (['--config.model.decoder.num_heads=3'],
+     'config.model.decoder: qk_channels (64) must be divisible by num_heads (3)'),
     # Mesh and batch against the 8 devices.
     (['--config.mesh.data=3'], 'needs 3 devices but 8 are available'),
     (['--config.mesh.fsdp=-1'], 'Only one mesh axis may be -1'),

@@ -9,6 +9,7 @@ import pytest
 from flax import nnx
 
 from perceiver_jax.model import build as build_lib
+from perceiver_jax.model.build import part
 from perceiver_jax.model import image_processors as img
 from perceiver_jax.model import postprocessors as post
 
@@ -210,16 +211,14 @@ def test_extra_position_mlps_are_residual():
 
 def _flow_config(flow_scale):
   cfg = build_lib.default_model_config()
-  prep = cfg.preprocessor
-  prep.name, prep.prep_type = 'image', 'patches'
-  prep.spatial_downsample, prep.temporal_downsample = 1, 2
-  prep.flow_patch_size, prep.conv_after_patching, prep.num_channels = 3, True, 6
-  prep.position_encoding.num_bands = 2
+  cfg.preprocessor = part('preprocessor', 'image', prep_type='patches', spatial_downsample=1,
+                          temporal_downsample=2, flow_patch_size=3, conv_after_patching=True,
+                          num_channels=6, position_encoding=dict(num_bands=2))
   enc = cfg.encoder
   enc.num_latents, enc.num_latent_channels, enc.num_blocks = 4, 8, 1
   enc.num_self_attends_per_block, enc.num_self_attend_heads = 1, 2
-  cfg.decoder.name, cfg.decoder.use_query_residual = 'flow', False
-  cfg.postprocessor.name, cfg.postprocessor.flow_scale = 'flow', flow_scale
+  cfg.decoder = part('decoder', 'flow')  # no query residual, as the released model
+  cfg.postprocessor = part('postprocessor', 'flow', flow_scale=flow_scale)
   return cfg
 
 

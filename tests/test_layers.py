@@ -16,10 +16,6 @@ PACKAGE_DIR = pathlib.Path(__file__).resolve().parents[1] / 'perceiver_jax'
 MODEL = 'perceiver_jax.model'
 PIPELINE = 'perceiver_jax.data.pipeline'
 
-# removed by the config->model rewrite (issue 14): build.py and build_multimodal.py import
-# each other, and build.py imports perceiver_jax.precision.
-KNOWN_CIRCLE_BUILD = frozenset({'perceiver_jax.model.build', 'perceiver_jax.model.build_multimodal'})
-KNOWN_MODEL_IMPORT_BUILD_PRECISION = ('perceiver_jax.model.build', 'perceiver_jax.precision')
 
 
 def module_names(package_dir: pathlib.Path) -> dict[str, pathlib.Path]:
@@ -122,8 +118,6 @@ def model_imports_outside(graph) -> dict[str, set[str]]:
       continue
     outside = {t for t in targets if t != 'perceiver_jax.errors' and t != MODEL
                and not t.startswith(MODEL + '.')}
-    if name == KNOWN_MODEL_IMPORT_BUILD_PRECISION[0]:
-      outside.discard(KNOWN_MODEL_IMPORT_BUILD_PRECISION[1])
     if outside:
       out[name] = outside
   return out
@@ -144,8 +138,7 @@ def test_tasks_never_import_the_pipeline():
 
 
 def test_the_package_has_no_import_circles():
-  found = [c for c in circles(import_graph()) if c != KNOWN_CIRCLE_BUILD]
-  assert found == []
+  assert circles(import_graph()) == []
 
 
 def test_the_checks_catch_a_circle_and_upward_imports():

@@ -7,10 +7,12 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from perceiver_jax.errors import UserError
 from perceiver_jax.model import attention as attn_lib
 from perceiver_jax.model import build as build_lib
 from perceiver_jax.model import io_processors as io
 from perceiver_jax.model import position_encoding as pe
+from perceiver_jax.model.build import part
 from perceiver_jax.model.summary import count_params, format_summary, model_summary
 from tests.helpers import with_random_weights
 
@@ -217,11 +219,9 @@ def test_patches_preprocessor_shapes(input_shape, patch_size, num_channels, expe
 
 def test_patches_model_2d_with_add_and_projection():
   cfg = tiny_config()
-  cfg.preprocessor.name = 'patches'
-  cfg.preprocessor.patch_size = (2, 2)
-  cfg.preprocessor.num_channels = 8
-  cfg.preprocessor.position_encoding.combine = 'add'
-  cfg.preprocessor.position_encoding.project_pos_dim = 8
+  cfg.preprocessor = part('preprocessor', 'patches', patch_size=(2, 2), num_channels=8,
+                          combine='add',
+                          position_encoding=dict(num_bands=3, project_pos_dim=8))
   model = build(cfg, input_shape=(4, 4, 1))
   assert model.preprocessor.num_channels == 8
   assert run(model, random_inputs((2, 4, 4, 1))).shape == (2, 5)
@@ -234,10 +234,9 @@ def test_patches_model_2d_with_add_and_projection():
     ('projection', None), ('classification', None), ('basic', 'trainable')])
 def test_decoders_yield_logits(name, query_pe):
   cfg = tiny_config()
-  cfg.decoder.name = name
+  cfg.decoder = part('decoder', name)
   if query_pe:
     cfg.decoder.position_encoding.name = query_pe
-    cfg.decoder.position_encoding.num_bands = 2
   model = build(cfg)
   logits = run(model, random_inputs((3,) + INPUT_1D))
   assert logits.shape == (3, 5) and logits.dtype == jnp.float32
@@ -246,7 +245,7 @@ def test_decoders_yield_logits(name, query_pe):
 
 def test_projection_decoder_is_a_linear_layer_on_the_mean_latent():
   cfg = tiny_config()
-  cfg.decoder.name = 'projection'
+  cfg.decoder = part('decoder', 'projection')
   # Random values everywhere: the layer is zero-initialised (logits would be the bias).
   with nnx.use_eager_sharding(False):
     model = with_random_weights(nnx.eval_shape(lambda: build(cfg)), seed=4)
@@ -263,11 +262,8 @@ def test_projection_decoder_is_a_linear_layer_on_the_mean_latent():
 
 def test_basic_decoder_many_fourier_queries():
   cfg = tiny_config()
-  cfg.decoder.name = 'basic'
-  cfg.decoder.position_encoding.name = 'fourier'
-  cfg.decoder.position_encoding.num_bands = 2
-  cfg.decoder.output_index_dims = (3, 2)
-  cfg.decoder.output_num_channels = 7
+  cfg.decoder = part('decoder', 'basic', output_index_dims=(3, 2), output_num_channels=7,
+                     position_encoding=dict(name='fourier', num_bands=2))
   model = build(cfg)
   assert model.postprocessor is None
   assert run(model, random_inputs((2,) + INPUT_1D)).shape == (2, 6, 7)
@@ -307,11 +303,9 @@ def test_bfloat16_compute_keeps_float32_params():
 
 def test_every_param_has_logical_axis_names():
   cfg = tiny_config(cross_attend_every_block=True, num_blocks=2)
-  cfg.preprocessor.name = 'patches'
-  cfg.preprocessor.num_channels = 6
-  cfg.preprocessor.position_encoding.name = 'trainable'
-  cfg.preprocessor.position_encoding.project_pos_dim = 3
-  cfg.decoder.name = 'basic'
+  cfg.preprocessor = part('preprocessor', 'patches', num_channels=6, position_encoding=dict(
+      name='trainable', num_channels=64, project_pos_dim=3))
+  cfg.decoder = part('decoder', 'basic')
   model = build(cfg)
   params = [(path, v) for path, v in nnx.iter_graph(model) if isinstance(v, nnx.Param)]
   assert len(params) > 50
@@ -325,8 +319,8 @@ def test_every_param_has_logical_axis_names():
 
 def test_model_summary_exact_params_and_flops():
   cfg = tiny_config()
-  cfg.decoder.name = 'projection'
-  cfg.preprocessor.position_encoding.name = 'none'
+  cfg.decoder = part('decoder', 'projection')
+  cfg.preprocessor.position_encoding = part('position_encoding', 'none')
   model = build(cfg)
   lin = lambda i, o: i * o + o
   c_in, d, n = 2, 8, 4  # input channels, latent channels, latents
@@ -347,7 +341,7 @@ def test_model_summary_exact_params_and_flops():
 @pytest.mark.parametrize('field,value,message', [
     ('preprocessor.name', 'conv', 'preprocessor'),
     ('decoder.name', 'flowy', 'decoder'),
-    ('preprocessor.position_encoding.name', 'rotary', 'position encoding'),
+    ('preprocessor.position_encoding.name', 'rotary', 'preprocessor.position_encoding'),
 ])
 def test_unknown_names_raise_clear_value_error(field, value, message):
   cfg = tiny_config()
@@ -356,5 +350,42 @@ def test_unknown_names_raise_clear_value_error(field, value, message):
   for p in parents:
     node = node[p]
   node[leaf] = value
-  with pytest.raises(ValueError, match=f"Unknown {message} '{value}'; valid names are"):
+  with pytest.raises(ValueError, match=f"config.model.{message}.name='{value}' is unknown; "
+                                       f"use one of"):
+    build(cfg)
+
+
+def test_part_has_every_constructor_kwarg_and_each_stays_overridable():
+  section = part('decoder', 'basic', num_heads=2)
+  assert section.num_heads == 2 and section.position_encoding.name == 'trainable'
+  # Every BasicDecoder kwarg but the context the builder passes (latents, settings, ...).
+  assert {'qk_channels', 'v_channels', 'widening_factor', 'use_query_residual',
+          'final_project', 'output_index_dims', 'query_chunk_size'} <= set(section)
+  section.qk_channels = 16  # a None default keeps its type, so a flag can set it
+  assert part('encoder').num_latents == 512  # PerceiverEncoder's own default
+  with pytest.raises(UserError, match="decoder 'basic' has no field 'num_bands'"):
+    part('decoder', 'basic', num_bands=2)
+
+
+def test_a_field_of_another_kind_names_the_path_and_the_valid_fields():
+  cfg = tiny_config()
+  cfg.decoder = part('decoder', 'projection')
+  cfg.decoder.num_heads = 2  # projection has no attention
+  with pytest.raises(UserError, match=r"config.model.decoder.num_heads is not a field of "
+                                      r"decoder 'projection'; its fields are none"):
+    build(cfg)
+  assert (build_lib.MOVED_MODEL_FLAGS['model.preprocessor.position_encoding.combine']
+          == 'model.preprocessor.combine')
+
+
+def test_model_settings_reach_every_block():
+  cfg = tiny_config()
+  cfg.mlp_activation, cfg.attention_chunk_size = 'gelu', 3
+  model = nnx.eval_shape(lambda: build(cfg))
+  mlps = [m for _, m in nnx.iter_modules(model) if isinstance(m, attn_lib.MLP)]
+  attns = [m for _, m in nnx.iter_modules(model) if isinstance(m, attn_lib.Attention)]
+  assert mlps and all(m.activation == 'gelu' for m in mlps)
+  assert attns and all(m.attention_chunk_size == 3 for m in attns)
+  cfg.attention_impl = 'flash'
+  with pytest.raises(UserError, match="config.model.attention_impl='flash' is unknown"):
     build(cfg)

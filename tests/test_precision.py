@@ -22,7 +22,7 @@ from perceiver_jax import steps
 from perceiver_jax.data import pipeline
 from perceiver_jax.errors import UserError
 from perceiver_jax.model.build import build_model
-from perceiver_jax.validate import validate_config
+from perceiver_jax.validate import checked_data_spec, validate_config
 from tests.helpers import prepared_data_dir
 
 NUM_STEPS = 200  # convergence runs
@@ -146,12 +146,14 @@ def trained(data_dir, batches):
 def test_bad_precision_fields_are_one_clear_sentence(data_dir):
   cases = [({'model.dtype': 'fp16'}, "config.model.dtype='fp16' is not a compute dtype; use "
                                      "one of float32, bfloat16, float16"),
-           ({'model.encoder.remat': 'some'}, "config.model.encoder.remat='some' is not a remat "
-                                             "policy; use one of none, full, dots_saveable."),
+           ({'model.encoder.remat': 'some'}, "config.model.encoder: remat='some' is unknown; "
+                                             "use one of 'none', 'full', 'dots_saveable'."),
            ({'train.grad_accum_steps': 0}, 'config.train.grad_accum_steps must be a positive int')]
   for overrides, message in cases:
     with pytest.raises(UserError, match=message.replace('(', r'\(')):
-      validate_config(small_config(data_dir, **overrides))
+      config = small_config(data_dir, **overrides)
+      validate_config(config)
+      checked_data_spec(config)  # the abstract build: the constructors' own checks
   mesh = shd.make_mesh({'data': 4, 'fsdp': 2, 'tensor': 1})
   config = small_config(data_dir, **{'train.batch_size': 24, 'train.grad_accum_steps': 2})
   with pytest.raises(UserError, match='batch_size=24 does not split into train.grad_accum_steps'

@@ -10,6 +10,7 @@ from flax import nnx
 
 from perceiver_jax.model import build as build_lib
 from perceiver_jax.model import build_multimodal as bmm
+from perceiver_jax.model.build import part
 from perceiver_jax.model import multimodal as mm
 from perceiver_jax.model import position_encoding as pe
 from perceiver_jax.model import postprocessors as post
@@ -297,8 +298,9 @@ def test_audio_projection_and_multimodal_postprocessors():
 def tiny_multimodal_config(label_mask_prob=1.0):
   cfg = build_lib.default_model_config()
   cfg.num_classes = 3
-  cfg.preprocessor.name = cfg.decoder.name = cfg.postprocessor.name = 'multimodal'
-  cfg.decoder.output_num_channels, cfg.decoder.use_query_residual = 6, False
+  cfg.preprocessor = part('preprocessor', 'multimodal')
+  cfg.decoder = part('decoder', 'multimodal', output_num_channels=6)
+  cfg.postprocessor = part('postprocessor', 'multimodal')
   enc = cfg.encoder
   enc.num_latents, enc.num_latent_channels, enc.num_blocks = 4, 8, 1
   enc.num_self_attends_per_block, enc.num_self_attend_heads = 1, 2
@@ -387,7 +389,7 @@ def test_multimodal_build_errors():
   with pytest.raises(ValueError, match='input_shape as a dict'):
     abstract(lambda: build_lib.build_model(cfg, input_shape=(16, 1), rngs=nnx.Rngs(0)))
   cfg.modalities.label.decoder.name = 'flow'
-  with pytest.raises(ValueError, match="Unknown modality decoder 'flow'"):
+  with pytest.raises(ValueError, match="modalities.label.decoder.name='flow' is unknown"):
     abstract(lambda: build_lib.build_model(cfg, input_shape=SHAPES, rngs=nnx.Rngs(0)))
   empty = tiny_multimodal_config()
   empty.modalities = {}
@@ -397,11 +399,10 @@ def test_multimodal_build_errors():
 
 def test_single_modality_audio_model_with_audio_postprocessor():
   cfg = build_lib.default_model_config()
-  cfg.preprocessor.name, cfg.preprocessor.samples_per_patch = 'audio', 4
-  cfg.preprocessor.position_encoding = fourier(2, (16,))
-  cfg.decoder.name, cfg.decoder.output_index_dims = 'basic', (4,)
-  cfg.decoder.output_num_channels, cfg.decoder.use_query_residual = 6, False
-  cfg.postprocessor.name = 'audio'
+  cfg.preprocessor = part('preprocessor', 'audio', samples_per_patch=4,
+                          position_encoding=fourier(2, (16,)))
+  cfg.decoder = part('decoder', 'basic', output_index_dims=(4,), output_num_channels=6)
+  cfg.postprocessor = part('postprocessor', 'audio')
   model = with_random_weights(abstract(lambda: build_lib.build_model(
       cfg, input_shape=(16, 1), rngs=nnx.Rngs(0))))
   audio = normal((2, 16, 1))
@@ -478,8 +479,8 @@ def test_conv1d_tokens_see_only_their_window():
 
 def test_conv1d_is_built_from_the_config():
   cfg = build_lib.default_model_config()
-  cfg.preprocessor.update(name='conv1d', num_channels=16, kernel_size=3, stride=1, pool_size=4)
-  cfg.preprocessor.position_encoding.num_bands = 4
+  cfg.preprocessor = part('preprocessor', 'conv1d', num_channels=16, kernel_size=3, stride=1,
+                          pool_size=4, position_encoding=dict(num_bands=4))
   model = with_random_weights(abstract(lambda: build_lib.build_model(
       cfg, input_shape=(40, 1), rngs=nnx.Rngs(0))))
   assert isinstance(model.preprocessor, seq.Conv1DPreprocessor)

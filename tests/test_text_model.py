@@ -8,6 +8,7 @@ import pytest
 from flax import nnx
 
 from perceiver_jax.model import build as build_lib
+from perceiver_jax.model.build import part
 from perceiver_jax.model import text_processors as text
 from perceiver_jax.model.decoders import BasicDecoder
 from perceiver_jax.model.summary import count_params
@@ -18,14 +19,14 @@ VOCAB, WIDTH, MAX_LEN = 262, 8, 10
 def mlm_config(**decoder):
   cfg = build_lib.default_model_config()
   cfg.num_classes = VOCAB
-  cfg.preprocessor.update(name='text', num_channels=WIDTH, max_seq_len=MAX_LEN)
+  cfg.preprocessor = part('preprocessor', 'text', num_channels=WIDTH, max_seq_len=MAX_LEN)
   cfg.encoder.update(num_latents=4, num_latent_channels=12, num_blocks=1,
                      num_self_attends_per_block=1, num_cross_attend_heads=2,
                      num_self_attend_heads=2, qk_channels=8, v_channels=12)
-  cfg.decoder.update(name='basic', num_heads=2, qk_channels=8, v_channels=WIDTH,
+  cfg.decoder = part('decoder', 'basic', num_heads=2, qk_channels=8, v_channels=WIDTH,
                      use_query_residual=False, final_project=False,
                      num_query_channels=WIDTH, output_index_dims=(MAX_LEN,), **decoder)
-  cfg.postprocessor.name = 'embedding_decoder'
+  cfg.postprocessor = part('postprocessor', 'embedding_decoder')
   return cfg
 
 
@@ -102,7 +103,7 @@ def test_tied_table_counted_once():
 
 def test_embedding_decoder_needs_the_text_preprocessor():
   cfg = mlm_config()
-  cfg.preprocessor.name = 'generic'
+  cfg.preprocessor = part('preprocessor', 'generic')
   with pytest.raises(ValueError, match="'embedding_decoder' needs preprocessor 'text'"):
     build_lib.build_model(cfg, input_shape=(8, 1), rngs=nnx.Rngs(0))
 

@@ -2,6 +2,7 @@
 (DeepMind's imagenet_classification colab; HF deepmind/vision-perceiver-*)."""
 
 from configs import common
+from perceiver_jax.model.build import part
 
 IMAGE_SHAPE = (224, 224, 3)
 # DeepMind's ImageNet input normalisation (per-channel mean and std of RGB in [0, 1]).
@@ -17,28 +18,9 @@ def imagenet_classifier_config():
   config.data.name = 'imagenet2012'
   model = config.model
   model.num_classes = 1000
-  enc = model.encoder
-  enc.num_latents = 512
-  enc.num_latent_channels = 1024
-  enc.num_blocks = 8
-  enc.num_self_attends_per_block = 6
-  enc.num_cross_attend_heads = 1
-  enc.num_self_attend_heads = 8
-  enc.cross_attend_widening_factor = 1
-  enc.self_attend_widening_factor = 1
-  enc.cross_attention_shape_for_attn = 'kv'
-  enc.use_query_residual = True
-  enc.dropout_prob = 0.0
-  enc.latent_init_scale = 0.02
-  enc.cross_attend_every_block = False
-  dec = model.decoder
-  dec.name = 'classification'
-  dec.num_heads = 1
-  dec.widening_factor = 1
-  dec.num_query_channels = 1024
-  dec.query_init_scale = 0.02
-  dec.use_query_residual = True
-  model.postprocessor.name = 'none'
+  model.encoder = part('encoder')  # PerceiverEncoder's defaults are this architecture
+  model.decoder = part('decoder', 'classification', num_query_channels=1024)
+  model.postprocessor = part('postprocessor', 'none')
   # Optimiser of DeepMind's train/experiment.py (LAMB; its base_lr 5e-4 is rescaled by
   # the batch size there, so the learning rate is left to the experiment).
   config.optimizer.name = 'lamb'

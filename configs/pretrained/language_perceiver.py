@@ -15,11 +15,31 @@ HF's model ignores it on the decoder side, which only changes the padded positio
 """
 
 from configs import common
+from perceiver_jax.model.build import part
 
 MAX_SEQ_LEN = 2048
 D_MODEL = 768
 D_LATENTS = 1280
 INPUT_SHAPE = (MAX_SEQ_LEN,)
+
+
+def byte_model(model, *, seq_len: int, d_model: int, d_latents: int, heads: int,
+               num_latents: int, num_self_attends: int, qk_channels: int):
+  """The language Perceiver's design at any size: a d_model-wide byte embedding and
+  seq_len learned positions, num_latents x d_latents latents (one block of
+  num_self_attends), one query per byte decoded to d_model channels and scored against
+  the same embedding table. Sets model's sections in place."""
+  model.preprocessor = part('preprocessor', 'text', num_channels=d_model,
+                            max_seq_len=seq_len)
+  model.encoder = part('encoder', num_latents=num_latents, num_latent_channels=d_latents,
+                       num_blocks=1, num_self_attends_per_block=num_self_attends,
+                       num_cross_attend_heads=heads, num_self_attend_heads=heads,
+                       qk_channels=qk_channels, v_channels=d_latents)
+  model.decoder = part('decoder', 'basic', output_index_dims=(seq_len,),
+                       num_query_channels=d_model, num_heads=heads, qk_channels=qk_channels,
+                       v_channels=d_model, final_project=False, query_chunk_size=0)
+  model.postprocessor = part('postprocessor', 'embedding_decoder')  # the tied table
+  return model
 
 
 def get_config(arg=None):
@@ -29,43 +49,8 @@ def get_config(arg=None):
   config.data.name = 'c4/en'
   model = config.model
   model.num_classes = 262
-  prep = model.preprocessor
-  prep.name = 'text'
-  prep.vocab_size = 262
-  prep.num_channels = D_MODEL
-  prep.max_seq_len = MAX_SEQ_LEN
-  prep.position_encoding.name = 'trainable'
-  prep.position_encoding.init_scale = 0.02
-  enc = model.encoder
-  enc.num_latents = 256
-  enc.num_latent_channels = D_LATENTS
-  enc.num_blocks = 1
-  enc.num_self_attends_per_block = 26
-  enc.num_cross_attend_heads = 8
-  enc.num_self_attend_heads = 8
-  enc.qk_channels = 8 * 32
-  enc.v_channels = D_LATENTS
-  enc.cross_attend_widening_factor = 1
-  enc.self_attend_widening_factor = 1
-  enc.cross_attention_shape_for_attn = 'kv'
-  enc.use_query_residual = True
-  enc.dropout_prob = 0.0
-  enc.latent_init_scale = 0.02
-  enc.cross_attend_every_block = False
-  dec = model.decoder
-  dec.name = 'basic'
-  dec.output_index_dims = (MAX_SEQ_LEN,)
-  dec.num_query_channels = D_MODEL
-  dec.query_init_scale = 0.02
-  dec.position_encoding.name = 'trainable'
-  dec.num_heads = 8
-  dec.qk_channels = 8 * 32
-  dec.v_channels = D_MODEL
-  dec.widening_factor = 1
-  dec.use_query_residual = False
-  dec.final_project = False
-  dec.query_chunk_size = 0
-  model.postprocessor.name = 'embedding_decoder'
+  byte_model(model, seq_len=MAX_SEQ_LEN, d_model=D_MODEL, d_latents=D_LATENTS, heads=8,
+             num_latents=256, num_self_attends=26, qk_channels=8 * 32)
   # What convert.py needs to build the model without a dataset.
   config.convert = dict(family='language', input_shape=INPUT_SHAPE)
   config.train.batch_size = 8

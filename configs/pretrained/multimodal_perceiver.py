@@ -23,7 +23,7 @@ the colab does (128 chunks of 6272 pixels and 15 audio patches).
 """
 
 from configs import common
-from perceiver_jax.model.build_multimodal import modality_config
+from perceiver_jax.model.build import modality_config, part
 
 NUM_FRAMES = 16
 IMAGE_SIZE = 224
@@ -41,8 +41,7 @@ INPUT_SHAPE = {
 
 
 def _fourier(num_bands, max_resolution):
-  return dict(name='fourier', num_bands=num_bands, max_resolution=max_resolution,
-              concat_pos=True, sine_only=False, project_pos_dim=-1, combine='concat')
+  return dict(name='fourier', num_bands=num_bands, max_resolution=max_resolution)
 
 
 def modalities():
@@ -60,8 +59,7 @@ def modalities():
           postprocessor=dict(name='audio', samples_per_patch=SAMPLES_PER_PATCH)),
       image=modality_config(
           preprocessor=dict(name='image', prep_type='patches', spatial_downsample=4,
-                            temporal_downsample=1, conv_after_patching=False,
-                            n_extra_pos_mlp=0, position_encoding=image_pe),
+                            position_encoding=image_pe),
           mask_prob=0.0,
           decoder=dict(name='video', output_index_dims=(NUM_FRAMES, IMAGE_SIZE, IMAGE_SIZE),
                        position_encoding=image_pe),
@@ -69,8 +67,7 @@ def modalities():
       label=modality_config(
           preprocessor=dict(name='one_hot'),
           mask_prob=1.0,
-          decoder=dict(name='classification', num_query_channels=1024,
-                       query_init_scale=0.02),
+          decoder=dict(name='classification', num_query_channels=1024),
           postprocessor=dict(name='classification', num_classes=NUM_CLASSES)),
   )
 
@@ -81,30 +78,13 @@ def get_config(arg=None):
   config.data.name = 'kinetics700'
   model = config.model
   model.num_classes = NUM_CLASSES
-  model.preprocessor.name = 'multimodal'
-  model.preprocessor.min_padding_size = 4
+  model.preprocessor = part('preprocessor', 'multimodal', min_padding_size=4)
   model.modalities.update(modalities())
-  enc = model.encoder
-  enc.num_latents = 28 * 28
-  enc.num_latent_channels = 512
-  enc.num_blocks = 1
-  enc.num_self_attends_per_block = 8
-  enc.num_cross_attend_heads = 1
-  enc.num_self_attend_heads = 8
-  enc.cross_attend_widening_factor = 1
-  enc.self_attend_widening_factor = 1
-  enc.cross_attention_shape_for_attn = 'kv'
-  enc.use_query_residual = True
-  enc.dropout_prob = 0.0
-  enc.latent_init_scale = 0.02
-  dec = model.decoder
-  dec.name = 'multimodal'
-  dec.min_padding_size = 2
-  dec.output_num_channels = 512
-  dec.num_heads = 1
-  dec.widening_factor = 1
-  dec.use_query_residual = False
-  model.postprocessor.name = 'multimodal'
+  model.encoder = part('encoder', num_latents=28 * 28, num_latent_channels=512,
+                       num_blocks=1, num_self_attends_per_block=8)
+  # MultimodalDecoder's defaults: 1 head, widening 1, no query residual, padding 2.
+  model.decoder = part('decoder', 'multimodal', output_num_channels=512)
+  model.postprocessor = part('postprocessor', 'multimodal')
   # What convert.py needs to build the model without a dataset.
   config.convert = dict(family='multimodal', input_shape=INPUT_SHAPE)
   config.train.batch_size = 1

@@ -14,6 +14,7 @@ Decoding all 182528 queries at once needs [batch, 182528, 2048] attention weight
 """
 
 from configs import common
+from perceiver_jax.model.build import part
 
 TRAIN_SIZE = (368, 496)
 INPUT_SHAPE = (2,) + TRAIN_SIZE + (3,)
@@ -25,45 +26,15 @@ def get_config(arg=None):
   config.data.name = 'sintel'
   model = config.model
   model.num_classes = 2
-  prep = model.preprocessor
-  prep.name = 'image'
-  prep.prep_type = 'patches'
-  prep.flow_patch_size = 3
-  prep.spatial_downsample = 1
-  prep.temporal_downsample = 2
-  prep.conv_after_patching = True
-  prep.num_channels = 64
-  prep.n_extra_pos_mlp = 0
-  pos = prep.position_encoding
-  pos.name = 'fourier'
-  pos.num_bands = 64
-  pos.max_resolution = TRAIN_SIZE
-  pos.concat_pos = True
-  pos.sine_only = False
-  pos.project_pos_dim = -1
-  pos.combine = 'concat'
-  enc = model.encoder
-  enc.num_latents = 2048
-  enc.num_latent_channels = 512
-  enc.num_blocks = 1
-  enc.num_self_attends_per_block = 24
-  enc.num_cross_attend_heads = 1
-  enc.num_self_attend_heads = 16
-  enc.cross_attend_widening_factor = 1
-  enc.self_attend_widening_factor = 1
-  enc.cross_attention_shape_for_attn = 'kv'
-  enc.use_query_residual = True
-  enc.dropout_prob = 0.0
-  enc.latent_init_scale = 0.02
-  dec = model.decoder
-  dec.name = 'flow'
-  dec.num_heads = 1
-  dec.widening_factor = 1
-  dec.use_query_residual = False
-  dec.output_num_channels = 2
-  dec.rescale_factor = 100.0
-  model.postprocessor.name = 'flow'
-  model.postprocessor.flow_scale = 20.0
+  model.preprocessor = part(
+      'preprocessor', 'image', prep_type='patches', flow_patch_size=3, spatial_downsample=1,
+      temporal_downsample=2, conv_after_patching=True,
+      position_encoding=dict(name='fourier', num_bands=64, max_resolution=TRAIN_SIZE))
+  model.encoder = part('encoder', num_latents=2048, num_latent_channels=512, num_blocks=1,
+                       num_self_attends_per_block=24, num_self_attend_heads=16)
+  # FlowDecoder's defaults: 1 head, widening 1, no query residual, 2 channels, / 100.
+  model.decoder = part('decoder', 'flow')
+  model.postprocessor = part('postprocessor', 'flow', flow_scale=20.0)
   config.train.batch_size = 1
   config.eval.batch_size = 1
   # What convert.py needs to build the model without a dataset.

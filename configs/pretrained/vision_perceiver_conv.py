@@ -7,6 +7,7 @@ differently and yields 55x55 (--config.model.preprocessor.conv_padding=transform
 """
 
 from configs.pretrained import _vision
+from perceiver_jax.model.build import part
 
 INPUT_SHAPE = _vision.IMAGE_SHAPE
 
@@ -14,19 +15,8 @@ INPUT_SHAPE = _vision.IMAGE_SHAPE
 def get_config(arg=None):
   del arg
   config = _vision.imagenet_classifier_config()
-  prep = config.model.preprocessor
-  prep.name = 'image'
-  prep.prep_type = 'conv'
-  prep.spatial_downsample = 4
-  prep.num_channels = 64
-  prep.conv2d_use_batchnorm = True
-  prep.conv_padding = 'same'
-  pos = prep.position_encoding
-  pos.name = 'fourier'
-  pos.num_bands = 64
-  pos.max_resolution = (56, 56)
-  pos.concat_pos = True
-  pos.sine_only = False
-  pos.project_pos_dim = -1
-  pos.combine = 'concat'
+  # ImagePreprocessor's defaults: prep_type 'conv', spatial_downsample 4, 64 channels.
+  config.model.preprocessor = part(
+      'preprocessor', 'image',
+      position_encoding=dict(name='fourier', num_bands=64, max_resolution=(56, 56)))
   return config

@@ -4,6 +4,7 @@ cos, raw position): 3 + 2 * (2 * 64 + 1) = 261 input channels per pixel.
 """
 
 from configs.pretrained import _vision
+from perceiver_jax.model.build import part
 
 INPUT_SHAPE = _vision.IMAGE_SHAPE
 
@@ -11,16 +12,7 @@ INPUT_SHAPE = _vision.IMAGE_SHAPE
 def get_config(arg=None):
   del arg
   config = _vision.imagenet_classifier_config()
-  prep = config.model.preprocessor
-  prep.name = 'image'
-  prep.prep_type = 'pixels'
-  prep.spatial_downsample = 1
-  pos = prep.position_encoding
-  pos.name = 'fourier'
-  pos.num_bands = 64
-  pos.max_resolution = (224, 224)
-  pos.concat_pos = True
-  pos.sine_only = False
-  pos.project_pos_dim = -1
-  pos.combine = 'concat'
+  config.model.preprocessor = part(
+      'preprocessor', 'image', prep_type='pixels', spatial_downsample=1,
+      position_encoding=dict(name='fourier', num_bands=64, max_resolution=(224, 224)))
   return config

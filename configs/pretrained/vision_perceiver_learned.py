@@ -8,6 +8,7 @@ decodes without the query residual; HF's PerceiverForImageClassificationLearned 
 """
 
 from configs.pretrained import _vision
+from perceiver_jax.model.build import part
 
 INPUT_SHAPE = _vision.IMAGE_SHAPE
 
@@ -15,16 +16,8 @@ INPUT_SHAPE = _vision.IMAGE_SHAPE
 def get_config(arg=None):
   del arg
   config = _vision.imagenet_classifier_config()
-  prep = config.model.preprocessor
-  prep.name = 'image'
-  prep.prep_type = 'conv1x1'
-  prep.spatial_downsample = 1
-  prep.num_channels = 256
-  pos = prep.position_encoding
-  pos.name = 'trainable'
-  pos.num_channels = 256
-  pos.init_scale = 0.02
-  pos.project_pos_dim = 256
-  pos.combine = 'concat'
+  config.model.preprocessor = part(
+      'preprocessor', 'image', prep_type='conv1x1', spatial_downsample=1, num_channels=256,
+      position_encoding=dict(name='trainable', num_channels=256, project_pos_dim=256))
   config.model.decoder.use_query_residual = False
   return config

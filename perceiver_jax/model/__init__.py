@@ -2,7 +2,8 @@
 
 from perceiver_jax.model.attention import (Attention, CrossAttention, MLP, SelfAttention,
                                            dot_product_attention, make_attention_mask)
-from perceiver_jax.model.build import build_model, default_model_config
+from perceiver_jax.model.build import build_model, default_model_config, part
+from perceiver_jax.model.settings import ModelSettings
 from perceiver_jax.model.decoders import BasicDecoder, ClassificationDecoder, ProjectionDecoder
 from perceiver_jax.model.decoders import FlowDecoder
 from perceiver_jax.model.encoder import PerceiverEncoder

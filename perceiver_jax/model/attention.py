@@ -22,6 +22,7 @@ from flax import nnx
 
 from perceiver_jax.model import chunked_attention as chunked
 from perceiver_jax.model.partitioning import constrain
+from perceiver_jax.model.settings import MLP_ACTIVATIONS
 
 Dtype = Any
 
@@ -221,12 +222,6 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array,
 
 # DeepMind's Haiku models use the tanh approximation of GELU (jax.nn.gelu's default);
 # Hugging Face's port uses the exact erf form ('gelu'). Outputs differ by ~1e-3.
-MLP_ACTIVATIONS = {
-    'gelu_tanh': lambda x: jax.nn.gelu(x, approximate=True),
-    'gelu': lambda x: jax.nn.gelu(x, approximate=False),
-}
-
-
 class MLP(nnx.Module):
   """Transformer MLP: dense(widening*C) -> GELU -> dense(C) -> dropout. No LayerNorm.
 
@@ -398,7 +393,7 @@ class CrossAttention(nnx.Module):
                kv_name: str | None = 'embed', dtype: Dtype = jnp.float32,
                param_dtype: Dtype = jnp.float32, rngs: nnx.Rngs,
                attention_impl: str | None = None, attention_chunk_size: int = 0,
-               attention_auto_chunk_threshold: int = 0):
+               attention_auto_chunk_threshold: int = 0, mlp_activation: str = 'gelu_tanh'):
     if shape_for_attn not in ('q', 'kv'):
       raise ValueError(f"shape_for_attn must be 'q' or 'kv', got {shape_for_attn!r}.")
     if qk_channels is None:
@@ -417,7 +412,8 @@ class CrossAttention(nnx.Module):
     self.dropout = nnx.Dropout(dropout_prob)
     self.mlp_norm = layer_norm(q_channels, q_name, **kw)
     self.mlp = MLP(q_channels, widening_factor=widening_factor, dropout_prob=dropout_prob,
-                   init_scale=dense_init_scale, channel_name=q_name, **kw)
+                   init_scale=dense_init_scale, channel_name=q_name,
+                   activation=mlp_activation, **kw)
 
   def __call__(self, inputs_q: jax.Array, inputs_kv: jax.Array,
                mask: jax.Array | None = None, *, deterministic: bool = True,
@@ -452,7 +448,7 @@ class SelfAttention(nnx.Module):
                channel_name: str | None = 'embed', dtype: Dtype = jnp.float32,
                param_dtype: Dtype = jnp.float32, rngs: nnx.Rngs,
                attention_impl: str | None = None, attention_chunk_size: int = 0,
-               attention_auto_chunk_threshold: int = 0):
+               attention_auto_chunk_threshold: int = 0, mlp_activation: str = 'gelu_tanh'):
     kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
     self.norm = layer_norm(num_channels, channel_name, **kw)
     self.attention = Attention(
@@ -465,7 +461,8 @@ class SelfAttention(nnx.Module):
     self.dropout = nnx.Dropout(dropout_prob)
     self.mlp_norm = layer_norm(num_channels, channel_name, **kw)
     self.mlp = MLP(num_channels, widening_factor=widening_factor, dropout_prob=dropout_prob,
-                   init_scale=dense_init_scale, channel_name=channel_name, **kw)
+                   init_scale=dense_init_scale, channel_name=channel_name,
+                   activation=mlp_activation, **kw)
 
   def __call__(self, x: jax.Array, mask: jax.Array | None = None, *,
                deterministic: bool = True, rngs: nnx.Rngs | None = None) -> jax.Array:

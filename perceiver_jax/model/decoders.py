@@ -16,9 +16,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from perceiver_jax.model import checks
 from perceiver_jax.model import position_encoding as pe
 from perceiver_jax.model.attention import CrossAttention, dense, make_attention_mask
 from perceiver_jax.model.partitioning import constrain
+from perceiver_jax.model.settings import DEFAULT, ModelSettings
 
 Dtype = Any
 
@@ -29,6 +31,7 @@ class ProjectionDecoder(nnx.Module):
 
   def __init__(self, num_z_channels: int, num_classes: int, *, dtype: Dtype = jnp.float32,
                param_dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
+    checks.positive(num_classes=num_classes)
     self.num_classes = num_classes
     # DeepMind zero-initialises this layer, so training starts from uniform logits.
     self.logits = dense(num_z_channels, num_classes, ('embed', 'classes'),
@@ -64,14 +67,20 @@ class BasicDecoder(nnx.Module):
 
   def __init__(self, num_z_channels: int, output_num_channels: int, *,
                position_encoding=None, output_index_dims: Sequence[int] = (1,),
-               num_query_channels: int | None = None, qk_channels: int | None = None,
-               v_channels: int | None = None, num_heads: int = 1, widening_factor: int = 1,
+               num_query_channels: int | None = None, query_init_scale: float = 0.02,
+               qk_channels: int | None = None, v_channels: int | None = None,
+               num_heads: int = 1, widening_factor: int = 1,
                use_query_residual: bool = False, final_project: bool = True,
-               output_w_init=None, attention_impl: str | None = None,
-               query_chunk_size: int | None = None, attention_chunk_size: int = 0,
-               attention_auto_chunk_threshold: int = 0,
-               dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32,
-               rngs: nnx.Rngs):
+               output_w_init=None, query_chunk_size: int | None = None,
+               settings: ModelSettings = DEFAULT, dtype: Dtype = jnp.float32,
+               param_dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
+    """A trainable query table is num_query_channels wide (None: num_z_channels) and
+    starts at query_init_scale, unless position_encoding sets num_channels / init_scale."""
+    checks.positive(num_heads=num_heads, widening_factor=widening_factor,
+                    output_num_channels=output_num_channels)
+    checks.optional_positive(num_query_channels=num_query_channels,
+                             qk_channels=qk_channels, v_channels=v_channels)
+    checks.positive_ints('output_index_dims', output_index_dims)
     if query_chunk_size is not None and query_chunk_size < 0:
       raise ValueError(f'query_chunk_size must be >= 0 (0 or None = all queries at once), '
                        f'got {query_chunk_size}.')
@@ -83,9 +92,9 @@ class BasicDecoder(nnx.Module):
     self.final_project = final_project
     self.output_pos_enc = nnx.data(None)
     if position_encoding is not None and position_encoding['name'] != 'none':
-      self.output_pos_enc = pe.build_position_encoding(
-          position_encoding, self.output_index_dims, rngs=rngs, channel_name='embed',
-          dtype=dtype, param_dtype=param_dtype)
+      self.output_pos_enc = pe.build_query_encoding(
+          position_encoding, self.output_index_dims, num_query_channels or num_z_channels,
+          query_init_scale, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
       num_query_channels = self.output_pos_enc.num_channels
     elif num_query_channels is None:
       raise ValueError('BasicDecoder without a position encoding needs '
@@ -96,9 +105,7 @@ class BasicDecoder(nnx.Module):
         num_query_channels, num_z_channels, num_heads=num_heads,
         widening_factor=widening_factor, dropout_prob=0.0, shape_for_attn='kv',
         use_query_residual=use_query_residual, qk_channels=qk_channels,
-        v_channels=v_channels, q_name='embed', kv_name='embed',
-        attention_impl=attention_impl, attention_chunk_size=attention_chunk_size,
-        attention_auto_chunk_threshold=attention_auto_chunk_threshold,
+        v_channels=v_channels, q_name='embed', kv_name='embed', **settings.block_kwargs(),
         dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.output = nnx.data(None)
     if final_project:
@@ -190,10 +197,10 @@ class ClassificationDecoder(nnx.Module):
                num_query_channels: int | None = None, query_init_scale: float = 0.02,
                num_heads: int = 1, qk_channels: int | None = None,
                v_channels: int | None = None, widening_factor: int = 1,
-               use_query_residual: bool = True, attention_impl: str | None = None,
-               attention_chunk_size: int = 0, attention_auto_chunk_threshold: int = 0,
+               use_query_residual: bool = True, settings: ModelSettings = DEFAULT,
                dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32,
                rngs: nnx.Rngs):
+    checks.positive(num_classes=num_classes)
     self.num_classes = num_classes
     query_pe = dict(name='trainable', num_channels=num_query_channels or num_z_channels,
                     init_scale=query_init_scale, project_pos_dim=-1)
@@ -201,9 +208,7 @@ class ClassificationDecoder(nnx.Module):
         num_z_channels, num_classes, position_encoding=query_pe, output_index_dims=(1,),
         qk_channels=qk_channels, v_channels=v_channels, num_heads=num_heads,
         widening_factor=widening_factor, use_query_residual=use_query_residual,
-        attention_impl=attention_impl, attention_chunk_size=attention_chunk_size,
-        attention_auto_chunk_threshold=attention_auto_chunk_threshold,
-        dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        settings=settings, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
   def decoder_query(self, inputs: jax.Array, modality_sizes=None, inputs_without_pos=None,
                     subsampled_points=None) -> jax.Array:
@@ -232,8 +237,7 @@ class FlowDecoder(nnx.Module):
                rescale_factor: float = 100.0, num_heads: int = 1,
                qk_channels: int | None = None, v_channels: int | None = None,
                widening_factor: int = 1, use_query_residual: bool = False,
-               attention_impl: str | None = None, query_chunk_size: int | None = None,
-               attention_chunk_size: int = 0, attention_auto_chunk_threshold: int = 0,
+               query_chunk_size: int | None = None, settings: ModelSettings = DEFAULT,
                dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32,
                rngs: nnx.Rngs):
     """query_chunk_size: decode this many pixels at a time (0/None = all at once); the
@@ -247,10 +251,8 @@ class FlowDecoder(nnx.Module):
         output_index_dims=self.output_image_shape, num_query_channels=num_query_channels,
         qk_channels=qk_channels, v_channels=v_channels, num_heads=num_heads,
         widening_factor=widening_factor, use_query_residual=use_query_residual,
-        output_w_init=nnx.initializers.zeros_init(), attention_impl=attention_impl,
-        query_chunk_size=query_chunk_size, attention_chunk_size=attention_chunk_size,
-        attention_auto_chunk_threshold=attention_auto_chunk_threshold,
-        dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        output_w_init=nnx.initializers.zeros_init(), query_chunk_size=query_chunk_size,
+        settings=settings, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
   def decoder_query(self, inputs: jax.Array, modality_sizes=None, inputs_without_pos=None,
                     subsampled_points=None) -> jax.Array:

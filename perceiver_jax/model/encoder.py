@@ -17,9 +17,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from perceiver_jax.model import checks
 from perceiver_jax.model.attention import CrossAttention, SelfAttention
 from perceiver_jax.model.partitioning import constrain
 from perceiver_jax.model.position_encoding import TrainablePositionEncoding
+from perceiver_jax.model.settings import DEFAULT, ModelSettings
 
 Dtype = Any
 
@@ -49,14 +51,22 @@ class PerceiverEncoder(nnx.Module):
                dropout_attn_prob: float = 0.0, latent_init_scale: float = 0.02,
                cross_attend_every_block: bool = False,
                share_cross_attend_weights: bool = True,
-               attention_impl: str | None = None, remat: str = 'none',
-               scan_blocks: bool = True,
-               attention_chunk_size: int = 0, attention_auto_chunk_threshold: int = 0,
-               dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32,
-               rngs: nnx.Rngs):
-    if remat not in REMAT_POLICIES:
-      raise ValueError(f'Unknown encoder remat policy {remat!r}; valid names are '
-                       f'{", ".join(repr(r) for r in REMAT_POLICIES)}.')
+               remat: str = 'none', scan_blocks: bool = True,
+               settings: ModelSettings = DEFAULT, dtype: Dtype = jnp.float32,
+               param_dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
+    checks.positive(num_latents=num_latents, num_latent_channels=num_latent_channels,
+                    num_blocks=num_blocks,
+                    num_cross_attend_heads=num_cross_attend_heads,
+                    num_self_attend_heads=num_self_attend_heads,
+                    cross_attend_widening_factor=cross_attend_widening_factor,
+                    self_attend_widening_factor=self_attend_widening_factor)
+    # 0 self-attends: a cross-attend only (the benchmarks' attention-only models).
+    checks.at_least_zero(num_self_attends_per_block=num_self_attends_per_block)
+    checks.optional_positive(qk_channels=qk_channels, v_channels=v_channels)
+    checks.probability(dropout_prob=dropout_prob, dropout_attn_prob=dropout_attn_prob)
+    checks.choice('remat', remat, REMAT_POLICIES)
+    checks.choice('cross_attention_shape_for_attn', cross_attention_shape_for_attn,
+                  ('q', 'kv'))
     self.remat = remat
     # Weight-shared repeats run as one jax.lax.scan: traced and compiled once, not
     # num_blocks times (compile time, HLO size); the arithmetic is the same.
@@ -64,16 +74,12 @@ class PerceiverEncoder(nnx.Module):
     for heads, what in ((num_self_attend_heads, 'num_self_attend_heads'),
                         (num_cross_attend_heads, 'num_cross_attend_heads')):
       if num_latent_channels % heads:
-        raise ValueError(f'num_latent_channels ({num_latent_channels}) must be divisible '
-                         f'by {what} ({heads}).')
-    if num_blocks < 1:
-      raise ValueError(f'num_blocks must be >= 1, got {num_blocks}.')
+        raise ValueError(f'num_latent_channels={num_latent_channels} is not divisible by '
+                         f'{what}={heads}; choose a head count that divides the channels.')
     self.num_blocks = num_blocks
     self.cross_attend_every_block = cross_attend_every_block
     self.share_cross_attend_weights = share_cross_attend_weights
-    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs,
-              attention_impl=attention_impl, attention_chunk_size=attention_chunk_size,
-              attention_auto_chunk_threshold=attention_auto_chunk_threshold)
+    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs, **settings.block_kwargs())
 
     # The initial latent array (DeepMind: `z_pos_enc`, param `pos_embs`).
     self.z_pos_enc = TrainablePositionEncoding(

@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from perceiver_jax.model import checks
 from perceiver_jax.model.attention import dense
 from perceiver_jax.model.io_processors import PreprocessorOutput, _PositionalPreprocessor
 from perceiver_jax.model.io_processors import space_to_depth
@@ -162,6 +163,9 @@ class ImagePreprocessor(_PositionalPreprocessor):
     if conv_padding not in CONV_PADDINGS:
       raise ValueError(f"Unknown conv_padding {conv_padding!r}; valid values are 'same' "
                        f"(DeepMind) and 'transformers' (HF's port).")
+    checks.positive(spatial_downsample=spatial_downsample,
+                    temporal_downsample=temporal_downsample)
+    checks.at_least_zero(flow_patch_size=flow_patch_size, n_extra_pos_mlp=n_extra_pos_mlp)
     self.prep_type = prep_type
     self.spatial_downsample = int(spatial_downsample)
     self.temporal_downsample = int(temporal_downsample)
@@ -264,27 +268,3 @@ class ImagePreprocessor(_PositionalPreprocessor):
       if self.patches_linear is not None:
         x = self.patches_linear(x)
     return self._build_network_inputs(x, pos)
-
-
-def build_image_preprocessor(cfg, input_shape: Sequence[int], *, rngs: nnx.Rngs,
-                             dtype: Dtype = jnp.float32,
-                             param_dtype: Dtype = jnp.float32) -> ImagePreprocessor:
-  """An ImagePreprocessor from a config with the fields of `model.preprocessor`
-  (prep_type, spatial_downsample, temporal_downsample, num_channels, conv_after_patching,
-  conv2d_use_batchnorm, conv_padding, flow_patch_size, n_extra_pos_mlp,
-  position_encoding incl. combine)."""
-  pe_cfg = cfg['position_encoding']
-  pe_cfg = None if pe_cfg is None or pe_cfg['name'] == 'none' else pe_cfg
-  get = lambda key, default: cfg.get(key, default) if hasattr(cfg, 'get') else default
-  return ImagePreprocessor(
-      input_shape, prep_type=get('prep_type', 'conv'),
-      spatial_downsample=get('spatial_downsample', 4),
-      temporal_downsample=get('temporal_downsample', 1),
-      num_channels=get('num_channels', 64),
-      conv_after_patching=get('conv_after_patching', False),
-      conv2d_use_batchnorm=get('conv2d_use_batchnorm', True),
-      conv_padding=get('conv_padding', 'same'),
-      flow_patch_size=get('flow_patch_size', 0),
-      n_extra_pos_mlp=get('n_extra_pos_mlp', 0), position_encoding=pe_cfg,
-      combine=(pe_cfg or {}).get('combine', 'concat'), dtype=dtype,
-      param_dtype=param_dtype, rngs=rngs)

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from perceiver_jax.model import checks
 from perceiver_jax.model import position_encoding as pe
 from perceiver_jax.model.attention import dense
 
@@ -141,14 +142,18 @@ class PatchesPreprocessor(_PositionalPreprocessor):
   """
   HAIKU_NAMES = {'patches_linear': 'patches_linear'}
 
-  def __init__(self, input_shape: Sequence[int], patch_size: int | Sequence[int], *,
+  def __init__(self, input_shape: Sequence[int], patch_size: int | Sequence[int] = (4,), *,
                num_channels: int = 0, position_encoding=None, combine: str = 'concat',
                dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32,
                rngs: nnx.Rngs):
     self.input_shape = tuple(int(n) for n in input_shape)
     index_dims, channels = self.input_shape[:-1], self.input_shape[-1]
     if isinstance(patch_size, int):
-      patch_size = (patch_size,) * len(index_dims)
+      patch_size = (patch_size,)
+    checks.positive_ints('patch_size', patch_size)
+    checks.at_least_zero(num_channels=num_channels)
+    if len(patch_size) == 1:  # (p,): the same window on every index dim
+      patch_size = tuple(patch_size) * len(index_dims)
     self.patch_size = tuple(int(p) for p in patch_size)
     if len(self.patch_size) != len(index_dims):
       raise ValueError(f'patch_size {self.patch_size} needs one window per index dim of '

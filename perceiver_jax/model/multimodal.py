@@ -24,9 +24,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from perceiver_jax.model import checks
 from perceiver_jax.model import position_encoding as pe
 from perceiver_jax.model.decoders import BasicDecoder
 from perceiver_jax.model.io_processors import PreprocessorOutput
+from perceiver_jax.model.settings import DEFAULT, ModelSettings
 
 Dtype = Any
 
@@ -128,6 +130,9 @@ class MultimodalPreprocessor(nnx.Module):
     return PreprocessorOutput(jnp.concatenate(padded, axis=1), without_pos, None, sizes)
 
 
+QUERY_KINDS = ('basic', 'video', 'classification')
+
+
 class DecoderQueries(nnx.Module):
   """Decoder queries from a position encoding over `output_index_dims`, nothing else.
 
@@ -139,19 +144,29 @@ class DecoderQueries(nnx.Module):
   HAIKU_NAMES = {'output_pos_enc': '.../~/trainable_position_encoding (fourier: none)'}
 
   def __init__(self, output_index_dims: Sequence[int], position_encoding, *,
-               kind: str = 'basic', dtype: Dtype = jnp.float32,
-               param_dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
+               kind: str = 'basic', num_query_channels: int | None = None,
+               query_init_scale: float = 0.02, num_z_channels: int | None = None,
+               dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32,
+               rngs: nnx.Rngs):
+    """A trainable table is num_query_channels wide (None: num_z_channels) and starts at
+    query_init_scale, unless position_encoding sets num_channels / init_scale."""
     # Which reference decoder these queries stand for ('basic', 'video',
     # 'classification'); only checkpoint conversion (module names) uses it.
+    checks.choice('kind', kind, QUERY_KINDS)
+    checks.positive_ints('output_index_dims', output_index_dims)
+    checks.optional_positive(num_query_channels=num_query_channels)
     self.kind = kind
     self.output_index_dims = tuple(int(n) for n in output_index_dims)
+    if kind == 'video' and len(self.output_index_dims) != 3:
+      raise ValueError(f'Video queries need output_index_dims (T, H, W), got '
+                       f'{self.output_index_dims}.')
     self.num_outputs = int(np.prod(self.output_index_dims))
     if position_encoding is None or position_encoding['name'] == 'none':
       raise ValueError("Decoder queries need a position encoding ('fourier' or "
                        "'trainable'), not 'none'.")
-    self.output_pos_enc = pe.build_position_encoding(
-        position_encoding, self.output_index_dims, rngs=rngs, channel_name='embed',
-        dtype=dtype, param_dtype=param_dtype)
+    self.output_pos_enc = pe.build_query_encoding(
+        position_encoding, self.output_index_dims, num_query_channels or num_z_channels,
+        query_init_scale, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
     self.num_channels = self.output_pos_enc.num_channels
 
   def num_queries(self, subsampled_points: jax.Array | None = None) -> int:
@@ -195,11 +210,11 @@ class MultimodalDecoder(nnx.Module):
                output_num_channels: int, *, min_padding_size: int = 2, num_heads: int = 1,
                qk_channels: int | None = None, v_channels: int | None = None,
                widening_factor: int = 1, use_query_residual: bool = False,
-               query_chunk_size: int | None = None, attention_impl: str | None = None,
-               attention_chunk_size: int = 0, attention_auto_chunk_threshold: int = 0,
+               query_chunk_size: int | None = None, settings: ModelSettings = DEFAULT,
                dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32,
                rngs: nnx.Rngs):
     """query_chunk_size: decode this many queries at a time (see BasicDecoder)."""
+    checks.at_least_zero(min_padding_size=min_padding_size)
     if not modalities:
       raise ValueError('MultimodalDecoder needs at least one modality.')
     self.modalities = nnx.Dict(dict(modalities))
@@ -215,9 +230,7 @@ class MultimodalDecoder(nnx.Module):
         num_query_channels=self.num_query_channels, qk_channels=qk_channels,
         v_channels=v_channels, num_heads=num_heads, widening_factor=widening_factor,
         use_query_residual=use_query_residual, query_chunk_size=query_chunk_size,
-        attention_impl=attention_impl, attention_chunk_size=attention_chunk_size,
-        attention_auto_chunk_threshold=attention_auto_chunk_threshold,
-        dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        settings=settings, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
   def _points(self, subsampled_points) -> dict:
     points = dict(subsampled_points or {})

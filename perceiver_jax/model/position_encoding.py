@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from perceiver_jax.model import checks
 from perceiver_jax.model.attention import dense
 
 Dtype = Any
@@ -173,23 +174,44 @@ def build_position_encoding(config: Any, index_dims: Sequence[int], *,
   linear projection to config.project_pos_dim channels when it is > 0.
   """
   name = config['name']
+  checks.choice('position encoding name', name, POSITION_ENCODINGS)
   if name == 'none':
     return None
   if name == 'fourier':
+    checks.positive(num_bands=config['num_bands'])
     pos_enc = FourierPositionEncoding(
         index_dims, config['num_bands'], max_resolution=config.get('max_resolution'),
         concat_pos=config.get('concat_pos', True), sine_only=config.get('sine_only', False),
         dtype=dtype)
-  elif name == 'trainable':
+  else:
+    checks.positive(num_channels=config['num_channels'])
     pos_enc = TrainablePositionEncoding(
         int(np.prod(index_dims)), config['num_channels'],
         init_scale=config.get('init_scale', 0.02), channel_name=channel_name,
         dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-  else:
-    raise ValueError(f"Unknown position encoding {name!r}; valid names are "
-                     f"'fourier', 'trainable' and 'none'.")
   if config.get('project_pos_dim', -1) > 0:
     pos_enc = PositionEncodingProjector(config['project_pos_dim'], pos_enc,
                                         channel_name=channel_name, dtype=dtype,
                                         param_dtype=param_dtype, rngs=rngs)
   return pos_enc
+
+
+def build_query_encoding(config: Any, index_dims: Sequence[int], num_channels: int | None,
+                         init_scale: float, *, rngs: nnx.Rngs, dtype: Dtype = jnp.float32,
+                         param_dtype: Dtype = jnp.float32) -> nnx.Module | None:
+  """A decoder's query encoding: a 'trainable' table is num_channels wide and starts at
+  init_scale unless `config` sets num_channels / init_scale itself."""
+  config = dict(config)
+  if config['name'] == 'trainable':
+    if config.get('num_channels') is None:
+      config['num_channels'] = num_channels
+    if config.get('init_scale') is None:
+      config['init_scale'] = init_scale
+  return build_position_encoding(config, index_dims, rngs=rngs, channel_name='embed',
+                                 dtype=dtype, param_dtype=param_dtype)
+
+
+# config name -> the class whose kwargs its config section holds (None: no encoding);
+# every section may add project_pos_dim (> 0: a linear projection to that many channels).
+POSITION_ENCODINGS = {'fourier': FourierPositionEncoding,
+                      'trainable': TrainablePositionEncoding, 'none': None}

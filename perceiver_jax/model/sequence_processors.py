@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from perceiver_jax.model import checks
 from perceiver_jax.model import position_encoding as pe
 from perceiver_jax.model.io_processors import PreprocessorOutput, _PositionalPreprocessor
 
@@ -164,6 +165,7 @@ class PointCloudPreprocessor(nnx.Module):
     if len(self.max_resolution) != 3:
       raise ValueError(f'max_resolution needs one value per coordinate (x, y, z) or a '
                        f'single value, got {tuple(max_resolution)}.')
+    checks.positive(num_bands=num_bands)
     self.num_bands = int(num_bands)
     self.concat_pos = concat_pos
     self.sine_only = sine_only

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from perceiver_jax.model import checks
 from perceiver_jax.model.io_processors import PreprocessorOutput
 from perceiver_jax.model.position_encoding import TrainablePositionEncoding
 
@@ -43,6 +44,7 @@ class TextPreprocessor(nnx.Module):
     if len(input_shape) != 1:
       raise ValueError(f'The text preprocessor takes token ids of per-example shape (seq,), '
                        f'got {input_shape}; pass input_shape=(sequence_length,).')
+    checks.positive(vocab_size=vocab_size, max_seq_len=max_seq_len)
     if input_shape[0] > max_seq_len:
       raise ValueError(f'Sequence length {input_shape[0]} exceeds '
                        f'preprocessor.max_seq_len={max_seq_len}; raise it or truncate.')
