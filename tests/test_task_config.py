@@ -149,6 +149,13 @@ def test_moved_flags_table_is_every_task_setting():
                                '--noconfig.task.flip.'),
     (['--config.task.mask_prb=0.2'], "--config.task.mask_prb names no setting of task 'mlm'; "
                                      'its settings are '),
+    # Model fields of the old flat schema (perceiver_jax/model/build.MOVED_MODEL_FLAGS).
+    (['--config.model.preprocessor.position_encoding.init_scale=0.1'],
+     'config.model.preprocessor.position_encoding.init_scale is not a field of this config: '
+     "it is model.preprocessor.position_init_scale (preprocessor 'text')"),
+    (['--config.model.decoder.rescale_factor=2.0'],
+     "config.model.decoder.rescale_factor is not a field of this config: it is "
+     "model.decoder.rescale_factor of decoder 'flow' only;"),
 ])
 def test_moved_or_unknown_task_flag_is_one_sentence(extra, message, monkeypatch):
   with pytest.raises(UserError) as e:
