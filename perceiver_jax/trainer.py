@@ -11,7 +11,7 @@ import jax
 from flax import nnx
 
 from perceiver_jax import checkpoint as ckpt
-from perceiver_jax import nonfinite, preemption, workdir_lock
+from perceiver_jax import finetune, nonfinite, preemption, workdir_lock
 from perceiver_jax import sharding as shd
 from perceiver_jax import state as state_lib
 from perceiver_jax import steps
@@ -80,9 +80,9 @@ def _train_and_evaluate(config, workdir: str, cleanup: contextlib.ExitStack) -> 
     ckpt.log_restored(start_step, workdir)
   elif config.get('init_from'):
     # Fine-tuning starts from pretrained weights; a resumed run ignores them (its own win).
-    state = ckpt.init_from_checkpoint(state, shardings, config.init_from,
-                                      config.get('init_exclude', ''),
-                                      config.get('init_rename', ''))
+    state = finetune.init_from_checkpoint(state, shardings, config.init_from,
+                                          config.get('init_exclude', ''),
+                                          config.get('init_rename', ''))
   # Written only once the workdir's checkpoints are known to fit this config.
   if jax.process_index() == 0:
     with open(os.path.join(workdir, 'config.json'), 'w') as f:

@@ -13,7 +13,7 @@ import pytest
 from configs import mlm_c4, text_classification
 from configs.pretrained import language_perceiver
 from perceiver_jax import checkpoint as ckpt
-from perceiver_jax import tasks, trainer
+from perceiver_jax import finetune, tasks, trainer
 from perceiver_jax.data import pipeline, text_windows
 from perceiver_jax.data.builders import stdlib_docs
 from perceiver_jax.errors import UserError
@@ -258,7 +258,7 @@ def test_fine_tuning_loads_the_mlm_encoder_and_a_fresh_head_then_learns(mlm_run,
   config = runlocal(text_classification, data_dir, **fixed_batch(8, 10),
                     **{'optimizer.learning_rate': 3e-3}, init_from=mlm_workdir)
   seen = {}
-  load = ckpt.init_from_checkpoint
+  load = finetune.init_from_checkpoint
 
   def load_and_keep(state, *args):
     loaded = load(state, *args)
@@ -268,7 +268,7 @@ def test_fine_tuning_loads_the_mlm_encoder_and_a_fresh_head_then_learns(mlm_run,
     return loaded
 
   # The trainer's own step-0 state: its fresh initialisation, then what init_from made of it.
-  monkeypatch.setattr(ckpt, 'init_from_checkpoint', load_and_keep)
+  monkeypatch.setattr(finetune, 'init_from_checkpoint', load_and_keep)
   workdir = str(tmp_path / 'ft')
   final = trainer.train_and_evaluate(config, workdir)
   manager = ocp.CheckpointManager(ckpt.checkpoint_dir(mlm_workdir))
@@ -295,7 +295,7 @@ def test_fine_tuning_loads_the_mlm_encoder_and_a_fresh_head_then_learns(mlm_run,
 
 
 def test_init_rename_must_be_pairs():
-  assert ckpt.parse_rename(' a/b=c/d, e=f ') == {'a/b': 'c/d', 'e': 'f'}
+  assert finetune.parse_rename(' a/b=c/d, e=f ') == {'a/b': 'c/d', 'e': 'f'}
   with pytest.raises(UserError, match=r"config.init_rename item 'a/b' is not "
                                       r"THIS_PATH=CHECKPOINT_PATH"):
-    ckpt.parse_rename('a/b')
+    finetune.parse_rename('a/b')

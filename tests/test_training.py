@@ -9,6 +9,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from perceiver_jax import checkpoint as ckpt
+from perceiver_jax import finetune
 from perceiver_jax import sharding as shd
 from perceiver_jax import state as state_lib
 from perceiver_jax import steps
@@ -137,7 +138,7 @@ def test_init_from_loads_weights_and_keeps_excluded_ones_fresh(straight_run, dat
   fresh, shardings, *_ = state_lib.create_train_state(config, (40, 1), mesh)
   trained = _leaves_by_name(_restore_params(workdir, 6))
   fresh_leaves = _leaves_by_name(fresh.params)
-  state = ckpt.init_from_checkpoint(fresh, shardings, workdir, exclude='decoder/.*')
+  state = finetune.init_from_checkpoint(fresh, shardings, workdir, exclude='decoder/.*')
   got = _leaves_by_name(state.params)
   assert int(state.step) == 0
   assert any(name.startswith('decoder/') for name in got)
@@ -156,9 +157,9 @@ def test_init_from_a_checkpoint_of_another_shape_says_which_parameter(straight_r
   fresh, shardings, *_ = state_lib.create_train_state(config, (40, 1), mesh)
   with pytest.raises(ValueError, match=r"'decoder/decoder/output/bias' has shape \(10,\) "
                                        r"in init_from checkpoint .* but \(5,\).*init_exclude"):
-    ckpt.init_from_checkpoint(fresh, shardings, workdir)
+    finetune.init_from_checkpoint(fresh, shardings, workdir)
   # Excluding the head makes the same checkpoint usable for a 5-class task.
-  state = ckpt.init_from_checkpoint(fresh, shardings, workdir, exclude=r'decoder/decoder/output/.*')
+  state = finetune.init_from_checkpoint(fresh, shardings, workdir, exclude=r'decoder/decoder/output/.*')
   assert state.params['decoder']['decoder']['output']['kernel'].shape == (32, 5)
 
 
