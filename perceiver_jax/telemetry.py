@@ -39,9 +39,8 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from perceiver_jax import sharding as shd
-from perceiver_jax import tasks
-from perceiver_jax.data import pipeline
 from perceiver_jax.errors import UserError
+from perceiver_jax.run import Run
 
 ATTENDED_SHARE = 0.1     # an input counts as attended above this fraction of 1/N
 MASS_FRACTION = 0.9      # inputs_for_90pct_mass covers this much of the attention mass
@@ -177,29 +176,25 @@ def check_config(config) -> int:
 class Telemetry:
   """Latent telemetry of one run: `run(step, params, model_state, split)` -> scalars."""
 
-  def __init__(self, config, spec, mesh: Mesh, shardings, workdir: str, log=None):
-    self.config, self.mesh, self.workdir, self.log = config, mesh, workdir, log
-    self.batch_size = shd.eval_batch_size(config.eval.batch_size, mesh)
-    n = min(check_config(config), self.batch_size)
-    self.step_fn, self.meta = make_telemetry_step(spec.graphdef, mesh, shardings.params,
-                                                  shardings.model_state, n)
+  def __init__(self, run: Run, workdir: str, log=None):
+    self.config, self._run, self.workdir, self.log = run.config, run, workdir, log
+    n = min(check_config(run.config), run.eval_batch_size)
+    self.step_fn, self.meta = make_telemetry_step(run.model.graphdef, run.mesh,
+                                                  run.params_shardings,
+                                                  run.model_state_shardings, n)
 
   @classmethod
-  def create(cls, config, spec, mesh, shardings, workdir, log=None) -> 'Telemetry | None':
+  def create(cls, run: Run, workdir: str, log=None) -> 'Telemetry | None':
     """None when eval.telemetry_examples is 0."""
-    if not check_config(config):
+    if not check_config(run.config):
       return None
-    return cls(config, spec, mesh, shardings, workdir, log)
+    return cls(run, workdir, log)
 
   def run(self, step: int, params, model_state, split: str | None = None) -> dict[str, float]:
     """Telemetry on the first examples of `split` (default the eval split); writes the
     image (process 0) and returns {'telemetry/<name>/<metric>': value}."""
     split = split or self.config.data.eval_split
-    batch = next(iter(pipeline.make_eval_iterator(
-        self.config.data, split, global_batch_size=self.batch_size,
-        process_index=jax.process_index(), process_count=jax.process_count(),
-        task=tasks.get_task(self.config))))
-    batch = pipeline.to_global(batch, shd.batch_sharding(self.mesh))
+    batch = next(iter(self._run.eval_batches(split)))
     out = jax.device_get(self.step_fn(params, model_state, batch))
     scalars = {}
     for name, stats in out['stats'].items():
