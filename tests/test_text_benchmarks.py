@@ -20,7 +20,8 @@ from perceiver_jax.errors import UserError
 from perceiver_jax.metrics_log import read
 from perceiver_jax.tasks.mlm import EncodeDocument, FixedSeedWholeWordMask, WindowAndMask
 from perceiver_jax.tokenizer import NUM_SPECIAL_TOKENS, PAD_ID, SEP_ID, VOCAB_SIZE
-from perceiver_jax.validate import checked_data_spec, validate_config
+from perceiver_jax.run import Run
+from perceiver_jax.validate import validate_config
 from tests.helpers import assert_loss_falls, fixed_batch, runlocal
 
 TEXT = 'Grüße, naïve café — 😀 ok.'  # 1-, 2-, 3- and 4-byte characters
@@ -194,7 +195,7 @@ def test_full_size_configs_are_the_released_model_with_the_recipes():
 
 def test_text_classification_reads_declared_text_and_label_features(data_dir):
   config = runlocal(text_classification, data_dir)
-  spec = checked_data_spec(config)
+  spec = Run.create(config).data_spec
   assert spec.input_shape == (128,) and spec.num_classes == 3
   task = tasks.get_task(config)
   batch = next(iter(pipeline.make_eval_iterator(config.data, 'test', global_batch_size=16,
@@ -209,11 +210,11 @@ def test_text_classification_reads_declared_text_and_label_features(data_dir):
   pipeline.prepare('digits', data_dir)
   with pytest.raises(pipeline.DatasetError, match=r"Dataset 'digits' has no text feature "
                                                   r"'text', so the text_classification task"):
-    checked_data_spec(runlocal(text_classification, data_dir, **{'data.name': 'digits'}))
+    Run.create(runlocal(text_classification, data_dir, **{'data.name': 'digits'}))
   with pytest.raises(pipeline.DatasetError, match=r"Dataset 'digits' has no 'bytes' \[window\] "
                                                   r"and 'length' features, so the mlm task "
                                                   r"cannot read it, nor a text feature 'text'"):
-    checked_data_spec(runlocal(mlm_c4, data_dir, **{'data.name': 'digits'}))
+    Run.create(runlocal(mlm_c4, data_dir, **{'data.name': 'digits'}))
 
 
 # ------------------------------------------------------------------------------------------
