@@ -198,7 +198,8 @@ def test_configs_use_the_released_architecture_and_validate(data_dir):
   assert tuple(full.model.modalities.image.decoder.output_index_dims) == (16, 224, 224)
   validate_config(full)
   # The full model builds (abstractly) for the clips kinetics_files/k700 stores.
-  assert abstract_run(full, released.INPUT_SHAPE).model.num_params == 19_858_855  # the released checkpoint's 79.5 MB of float32
+  # The released checkpoint's 79.5 MB of float32.
+  assert abstract_run(full, released.INPUT_SHAPE).model.num_params == 19_858_855
   assert Run.create(runlocal(kinetics_autoencoding, data_dir)).data_spec.input_shape == {
       'image': (4, 16, 16, 3), 'audio': (256, 1), 'label': (4,)}
   bad = runlocal(kinetics_autoencoding, data_dir)

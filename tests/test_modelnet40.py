@@ -269,7 +269,8 @@ def test_paper_config_builds_the_paper_model():
   validate_config(config)
   model = nnx.eval_shape(lambda: state_lib.build(config, (2048, 3)))
   assert model.preprocessor.num_channels == 3 * (2 * 64 + 1)  # 387 Fourier channels
-  assert 40e6 < abstract_run(config, (2048, 3)).model.num_params < 50e6  # ~45M, like the paper's ImageNet model
+  # ~45M, like the paper's ImageNet model.
+  assert 40e6 < abstract_run(config, (2048, 3)).model.num_params < 50e6
   assert modelnet40_perceiver.get_config('normals').data.name == 'modelnet40/normals2048'
   assert modelnet40_perceiver.get_config('synthetic,steps=7').train.num_steps == 7
 
