@@ -28,12 +28,8 @@ import jax
 from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from perceiver_jax import sharding as shd  # noqa: E402
-from perceiver_jax import state as state_lib  # noqa: E402
-from perceiver_jax import steps  # noqa: E402
-from perceiver_jax import tasks  # noqa: E402
 from perceiver_jax.data import pipeline  # noqa: E402
-from perceiver_jax.validate import checked_data_spec  # noqa: E402
+from perceiver_jax.run import Run  # noqa: E402
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Experiment config, as for train.py.')
@@ -53,15 +49,11 @@ def loop_windows(workdir: str) -> list[float]:
 
 def bare_step(config, rounds: int = 3) -> float:
   """examples/s of the trainer's train step on one device-resident batch."""
-  mesh = shd.mesh_from_config(config)
-  task = tasks.get_task(config)
-  data_spec = checked_data_spec(config)
-  input_shape = state_lib.input_shapes(data_spec.input_shape)
-  state, shardings, spec, tx, schedule = state_lib.create_train_state(config, input_shape, mesh)
-  train_step = steps.make_train_step(spec, tx, schedule, config, mesh, shardings, task)
+  run = Run.create(config)
+  state, train_step = run.init_state(), run.train_step()
   batches = pipeline.make_train_iterator(config.data, global_batch_size=int(config.train.batch_size),
-                                         seed=0, task=task)
-  batch = pipeline.to_global(next(batches), shd.batch_sharding(mesh))
+                                         seed=0, task=run.task)
+  batch = run.to_global(next(batches))
   for _ in range(3):
     state, metrics = train_step(state, batch)
   jax.block_until_ready(metrics)

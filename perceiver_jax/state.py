@@ -1,13 +1,12 @@
-"""The train state, born sharded: built inside `jax.jit(init, out_shardings=...)`.
+"""The train state and the function that initialises it (jitted with shardings by run.py).
 
-Shardings come from `jax.eval_shape` of the same init plus the logical axis names the model
-annotates its parameters with, so no array is ever materialised unsharded on one device.
+Kept apart from run.py because steps.py needs TrainState and ModelSpec, and run.py needs
+steps.py: the layers import downward only.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any
 
 import flax.struct
@@ -15,13 +14,9 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
-from jax.sharding import Mesh
 
 from perceiver_jax import precision
-from perceiver_jax import sharding as shd
 from perceiver_jax.model.build import build_model
-from perceiver_jax.model.build_multimodal import input_shapes
-from perceiver_jax.optim import make_optimizer
 
 
 @flax.struct.dataclass
@@ -46,20 +41,11 @@ class ModelSpec:
 def build(config, input_shape, seed_key=None) -> nnx.Module:
   """The model of `config` for per-example `input_shape` (eager; wrap in nnx.eval_shape)."""
   rngs = nnx.Rngs(params=seed_key if seed_key is not None else 0)
-  return build_model(config.model, input_shape=input_shapes(input_shape), rngs=rngs)
+  return build_model(config.model, input_shape=input_shape, rngs=rngs)
 
 
-def model_spec(config, input_shape) -> tuple[ModelSpec, dict, Any]:
-  """Abstract model: graphdef, logical names of the params, abstract params (no FLOPs spent)."""
-  abstract_model = nnx.eval_shape(lambda: build(config, input_shape))
-  graphdef, params, _ = nnx.split(abstract_model, nnx.Param, ...)
-  names = shd.logical_names(abstract_model)
-  abstract_params = nnx.to_pure_dict(params)
-  num_params = sum(math.prod(x.shape) for x in jax.tree.leaves(abstract_params))
-  return ModelSpec(graphdef, input_shapes(input_shape), num_params), names, abstract_params
-
-
-def _init_fn(config, input_shape, tx):
+def make_init(config, input_shape, tx: optax.GradientTransformation):
+  """init(seed: uint32 scalar) -> a fresh TrainState; run.py jits it with out_shardings."""
   def init(seed: jax.Array) -> TrainState:
     param_key, rng = jax.random.split(jax.random.key(seed))
     model = build(config, input_shape, param_key)
@@ -71,42 +57,18 @@ def _init_fn(config, input_shape, tx):
   return init
 
 
-def state_shardings(config, input_shape, mesh: Mesh, tx) -> tuple[TrainState, TrainState]:
-  """(abstract state, its NamedShardings) for this config on this mesh."""
-  _, names, abstract_params = model_spec(config, input_shape)
-  abstract = jax.eval_shape(_init_fn(config, input_shape, tx), jnp.uint32(0))
-  rules = shd.rules_dict(config.sharding.rules)
-  param_shardings = shd.tree_shardings(abstract.params, names, mesh, rules)
-  # Optimizer moments mirror the params they belong to; counts etc. are replicated.
-  opt_shardings = optax.tree_map_params(
-      tx, lambda _, s: s, abstract.opt_state, param_shardings,
-      transform_non_params=lambda _: shd.replicated(mesh))
-  rep = shd.replicated(mesh)
-  shardings = TrainState(step=rep, params=param_shardings,
-                         model_state=jax.tree.map(lambda _: rep, abstract.model_state),
-                         opt_state=opt_shardings, rng=rep,
-                         loss_scale=jax.tree.map(lambda _: rep, abstract.loss_scale))
-  return abstract, shardings
+def abstract_train_state(config, abstract_params, abstract_model_state,
+                         tx: optax.GradientTransformation) -> TrainState:
+  """What make_init's state looks like (ShapeDtypeStructs), from the abstract params alone:
+  the model is not built again."""
+  return TrainState(
+      step=jax.ShapeDtypeStruct((), jnp.int32), params=abstract_params,
+      model_state=abstract_model_state, opt_state=jax.eval_shape(tx.init, abstract_params),
+      rng=jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0))),
+      loss_scale=jax.eval_shape(lambda: precision.make_loss_scale(config)))
 
 
-def create_train_state(config, input_shape, mesh: Mesh, *, initialise: bool = True):
-  """Optimizer and state, sharded at birth.
-
-  Returns (state, shardings, spec, tx, schedule). With `initialise=False` the state is
-  abstract (ShapeDtypeStructs carrying their shardings), ready to restore a checkpoint
-  into without spending an initialisation on it.
-  """
-  tx, schedule = make_optimizer(config.optimizer, int(config.train.num_steps))
-  spec, _, _ = model_spec(config, input_shape)
-  abstract, shardings = state_shardings(config, input_shape, mesh, tx)
-  if not initialise:
-    return abstract_with_shardings(abstract, shardings), shardings, spec, tx, schedule
-  init = jax.jit(_init_fn(config, input_shape, tx), out_shardings=shardings)
-  state = init(jnp.uint32(config.seed))
-  return state, shardings, spec, tx, schedule
-
-
-def abstract_with_shardings(abstract, shardings):
+def with_shardings(abstract, shardings):
   """ShapeDtypeStructs carrying target shardings: what Orbax restores into."""
   return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                       abstract, shardings)

@@ -151,16 +151,17 @@ def make_eval_step(spec: ModelSpec, mesh: Mesh, params_shardings, model_state_sh
                  out_shardings=shd.replicated(mesh))
 
 
-def evaluate_split(eval_step, params, model_state, batches, to_global,
+def evaluate_split(eval_step, params, model_state, batches,
                    task: tasks.Task | None = None) -> dict[str, float]:
-  """Runs eval_step over an iterable of host batches and returns the task's metrics
-  (default: classification's loss/accuracy) from the summed totals. The task's
-  per_example_keys are concatenated over batches instead (metrics that are not sums)."""
+  """Runs eval_step over an iterable of global batches (run.Run.eval_batches) and returns
+  the task's metrics (default: classification's loss/accuracy) from the summed totals. The
+  task's per_example_keys are concatenated over batches instead (metrics that are not
+  sums)."""
   task = task or tasks.default_task()
   row_keys = tuple(getattr(task, 'per_example_keys', ()))
   totals, rows = None, []
   for batch in batches:
-    sums = dict(eval_step(params, model_state, to_global(batch)))
+    sums = dict(eval_step(params, model_state, batch))
     if row_keys:
       rows.append({k: sums.pop(k) for k in row_keys})
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)

@@ -39,10 +39,8 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from perceiver_jax import sharding as shd
-from perceiver_jax import tasks
-from perceiver_jax.data import pipeline
 from perceiver_jax.errors import UserError
-from perceiver_jax.model.decoders import BasicDecoder, ClassificationDecoder
+from perceiver_jax.run import Run
 
 ATTENDED_SHARE = 0.1     # an input counts as attended above this fraction of 1/N
 MASS_FRACTION = 0.9      # inputs_for_90pct_mass covers this much of the attention mass
@@ -112,34 +110,18 @@ def attention_metrics(probs, weights=None) -> dict[str, float]:
 # Capture: the model's cross-attention probabilities, through its own modules.
 # ------------------------------------------------------------------------------------------
 
-def _basic_decoder(decoder) -> BasicDecoder | None:
-  if isinstance(decoder, ClassificationDecoder):
-    return decoder.decoder
-  return decoder if isinstance(decoder, BasicDecoder) else None
-
-
 def cross_attention_probs(model, inputs) -> dict[str, jax.Array]:
   """{name: probs [batch, heads, queries, keys]} for a Perceiver on `inputs` (eval mode).
 
   Names: 'cross_attend' (the encoder's first), 'cross_attend_<b>' (block b's, iterative
   encoders), 'decoder' (a basic/classification decoder with <= DECODER_MAX_QUERIES queries).
+  The model runs once, through its own forward pass; what is not returned is dead code.
   """
-  if model.preprocessor is not None:
-    prep = model.preprocessor(inputs)
-    tokens, sizes, without_pos = prep.inputs, prep.modality_sizes, prep.inputs_without_pos
-  else:
-    tokens, sizes, without_pos = inputs, None, None
-  encoder, encoder_probs = model.encoder, []
-  z = encoder(tokens, encoder.latents(tokens.shape[0]), attention_probs=encoder_probs)
-  blocks = range(encoder.num_blocks) if encoder.cross_attend_every_block else [0]
-  out = {('cross_attend' if b == 0 else f'cross_attend_{b}'): p
-         for b, p in zip(blocks, encoder_probs)}
-  basic = _basic_decoder(model.decoder)
-  if basic is not None and basic.output_pos_enc is not None:
-    query = model.decoder.decoder_query(tokens, sizes, without_pos)
-    if query.shape[1] <= DECODER_MAX_QUERIES:
-      out['decoder'] = basic.cross_attend.attention_probs(query, z)
-  return out
+  probs = {}
+  model(inputs, attention_probs=probs)
+  if 'decoder' in probs and probs['decoder'].shape[2] > DECODER_MAX_QUERIES:
+    del probs['decoder']  # dense outputs: a [queries, latents] map per head is too big
+  return probs
 
 
 def make_telemetry_step(graphdef, mesh: Mesh, params_shardings, model_state_shardings,
@@ -194,29 +176,25 @@ def check_config(config) -> int:
 class Telemetry:
   """Latent telemetry of one run: `run(step, params, model_state, split)` -> scalars."""
 
-  def __init__(self, config, spec, mesh: Mesh, shardings, workdir: str, log=None):
-    self.config, self.mesh, self.workdir, self.log = config, mesh, workdir, log
-    self.batch_size = shd.eval_batch_size(config.eval.batch_size, mesh)
-    n = min(check_config(config), self.batch_size)
-    self.step_fn, self.meta = make_telemetry_step(spec.graphdef, mesh, shardings.params,
-                                                  shardings.model_state, n)
+  def __init__(self, run: Run, workdir: str, log=None):
+    self.config, self._run, self.workdir, self.log = run.config, run, workdir, log
+    n = min(check_config(run.config), run.eval_batch_size)
+    self.step_fn, self.meta = make_telemetry_step(run.model.graphdef, run.mesh,
+                                                  run.params_shardings,
+                                                  run.model_state_shardings, n)
 
   @classmethod
-  def create(cls, config, spec, mesh, shardings, workdir, log=None) -> 'Telemetry | None':
+  def create(cls, run: Run, workdir: str, log=None) -> 'Telemetry | None':
     """None when eval.telemetry_examples is 0."""
-    if not check_config(config):
+    if not check_config(run.config):
       return None
-    return cls(config, spec, mesh, shardings, workdir, log)
+    return cls(run, workdir, log)
 
   def run(self, step: int, params, model_state, split: str | None = None) -> dict[str, float]:
     """Telemetry on the first examples of `split` (default the eval split); writes the
     image (process 0) and returns {'telemetry/<name>/<metric>': value}."""
     split = split or self.config.data.eval_split
-    batch = next(iter(pipeline.make_eval_iterator(
-        self.config.data, split, global_batch_size=self.batch_size,
-        process_index=jax.process_index(), process_count=jax.process_count(),
-        task=tasks.get_task(self.config))))
-    batch = pipeline.to_global(batch, shd.batch_sharding(self.mesh))
+    batch = next(iter(self._run.eval_batches(split)))
     out = jax.device_get(self.step_fn(params, model_state, batch))
     scalars = {}
     for name, stats in out['stats'].items():

@@ -8,19 +8,15 @@ import os
 import time
 
 import jax
-from flax import nnx
 
 from perceiver_jax import checkpoint as ckpt
-from perceiver_jax import nonfinite, preemption, workdir_lock
+from perceiver_jax import finetune, nonfinite, preemption, workdir_lock
 from perceiver_jax import sharding as shd
-from perceiver_jax import state as state_lib
 from perceiver_jax import steps
-from perceiver_jax import tasks
-from perceiver_jax.data import pipeline
 from perceiver_jax.metrics_log import MetricsLog, Progress, format_metrics
-from perceiver_jax.model.summary import format_summary, model_summary
+from perceiver_jax.model.summary import format_summary
+from perceiver_jax.run import Run
 from perceiver_jax.telemetry import Telemetry
-from perceiver_jax.validate import check_run, checked_data_spec
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
@@ -36,16 +32,14 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
 def _train_and_evaluate(config, workdir: str, cleanup: contextlib.ExitStack) -> dict:
   # ----------------------------------------------------------------------------------------
-  # Set-up: validate before anything expensive, then the mesh, the data and the model.
+  # Set-up, once: config, workdir, mesh, task, dataset, abstract model and shardings
+  # (run.py); one sentence if anything is wrong, before anything is written.
   # ----------------------------------------------------------------------------------------
-  mesh = check_run(config, workdir)  # config, mesh and workdir: one sentence if wrong
-  task = tasks.get_task(config)  # what the data, loss and metrics are
-  data_spec = checked_data_spec(config)  # dataset, splits, abstract model build
+  run = Run.create(config, workdir)
+  mesh, task = run.mesh, run.task
   os.makedirs(workdir, exist_ok=True)
   # One trainer per workdir; taken before anything in it is written.
   cleanup.enter_context(workdir_lock.acquire(workdir, process_index=jax.process_index()))
-
-  input_shape = state_lib.input_shapes(data_spec.input_shape)  # a dict for multimodal data
   num_steps = int(config.train.num_steps)
 
   # ----------------------------------------------------------------------------------------
@@ -55,24 +49,16 @@ def _train_and_evaluate(config, workdir: str, cleanup: contextlib.ExitStack) -> 
   # If the run fails (bad data, NaN), an asynchronous save already under way still lands.
   cleanup.callback(manager.wait_until_finished)
   start_step = manager.latest_step() or 0
-  state, shardings, spec, tx, schedule = state_lib.create_train_state(
-      config, input_shape, mesh, initialise=not start_step)
-  # Summarised on an abstract model: nothing is computed, and every process agrees.
-  summary = model_summary(nnx.eval_shape(lambda: state_lib.build(config, input_shape)),
-                          input_shape, task.input_dtype)
+  # A resumed run spends no initialisation: it restores into the abstract state.
+  state = run.abstract_state() if start_step else run.init_state()
+  summary = run.summary()
   if jax.process_index() == 0:
     logging.info('Model: %s', format_summary(summary).replace('\n', '; '))
-    logging.info('Mesh %s; %s', dict(mesh.shape), shd.describe(shardings, state))
+    logging.info('Mesh %s; %s', dict(mesh.shape), shd.describe(run.state_shardings, state))
 
-  to_global = lambda batch: pipeline.to_global(batch, shd.batch_sharding(mesh))
   # Batches arrive on the devices ahead of their step; the checkpointed position is the
   # number of batches the loop took, so a resume continues exactly.
-  train_iter = pipeline.DeviceBatches(
-      pipeline.make_train_dataset(
-          config.data, global_batch_size=int(config.train.batch_size), seed=int(config.seed),
-          process_index=jax.process_index(), process_count=jax.process_count(), task=task),
-      to_global, data_config=config.data,
-      prefetch=int(config.data.get('device_prefetch', 2)))
+  train_iter = run.train_batches()
   cleanup.callback(train_iter.close)
   if start_step:
     # The newest checkpoint that reads back whole; damaged newer ones are moved aside.
@@ -80,28 +66,23 @@ def _train_and_evaluate(config, workdir: str, cleanup: contextlib.ExitStack) -> 
     ckpt.log_restored(start_step, workdir)
   elif config.get('init_from'):
     # Fine-tuning starts from pretrained weights; a resumed run ignores them (its own win).
-    state = ckpt.init_from_checkpoint(state, shardings, config.init_from,
-                                      config.get('init_exclude', ''),
-                                      config.get('init_rename', ''))
+    state = finetune.init_from_checkpoint(state, run.state_shardings, config.init_from,
+                                          config.get('init_exclude', ''),
+                                          config.get('init_rename', ''))
   # Written only once the workdir's checkpoints are known to fit this config.
   if jax.process_index() == 0:
     with open(os.path.join(workdir, 'config.json'), 'w') as f:
       f.write(config.to_json_best_effort(indent=2))
 
-  train_step = steps.make_train_step(spec, tx, schedule, config, mesh, shardings, task)
-  eval_step = steps.make_eval_step(spec, mesh, shardings.params, shardings.model_state,
-                                   rules=config.sharding.rules, task=task)
+  train_step = run.train_step()
+  eval_step = run.eval_step()
   log = MetricsLog(workdir, start_step=start_step)
   log.write_run_info(start_step, summary, dict(mesh.shape))  # read by perceiver-report
-  telemetry = Telemetry.create(config, spec, mesh, shardings, workdir, log)  # None: off
+  telemetry = Telemetry.create(run, workdir, log)  # None: off
 
   def run_eval(step: int) -> dict:
-    batches = pipeline.make_eval_iterator(
-        config.data, config.data.eval_split,
-        global_batch_size=shd.eval_batch_size(config.eval.batch_size, mesh),
-        process_index=jax.process_index(), process_count=jax.process_count(), task=task)
-    metrics = steps.evaluate_split(eval_step, state.params, state.model_state, batches, to_global,
-                                   task)
+    metrics = steps.evaluate_split(eval_step, state.params, state.model_state,
+                                   run.eval_batches(), task)
     scalars = telemetry.run(step, state.params, state.model_state) if telemetry else {}
     log.write(step, 'eval', {**metrics, **scalars})
     if jax.process_index() == 0:

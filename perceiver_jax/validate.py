@@ -3,10 +3,10 @@
 Each failure is a `UserError` with one sentence: what is wrong and how to fix it.
 
   validate_config(config[, mesh])   the config alone, or against the devices it runs on
+  check_mesh(config, mesh)          the config against the mesh (batch divisibility)
   check_workdir(workdir, training)  the workdir can be written (training) or read (eval)
-  check_run(config, workdir)        both, plus the mesh: what train.py/eval.py check first
-  checked_data_spec(config)         dataset metadata (names, splits) and an abstract model
-                                    build (no FLOPs): the last checks before compiling
+
+run.Run.create calls them first, then checks the dataset and builds the model abstractly.
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ def _check_data(config) -> None:
 
 def _check_model(config) -> None:
   """config.model's settings and its sections' names and field names, before any data is
-  read. The constructors check the values themselves when checked_data_spec builds the
+  read. The constructors check the values themselves when Run.create builds the
   model abstractly; registry.build_part names the config path of what they refuse."""
   _positive(config.model.num_classes, 'model.num_classes')
   ModelSettings.from_config(config.model)
@@ -185,8 +185,12 @@ def validate_config(config, *, mesh=None, training: bool = True) -> None:
   except re.error as e:
     raise UserError(f'config.init_exclude={config.init_exclude!r} is not a valid regular '
                     f'expression ({e}); e.g. use \'decoder/.*\'.') from None
-  if mesh is None:
-    return
+  if mesh is not None:
+    check_mesh(config, mesh, training=training)
+
+
+def check_mesh(config, mesh, *, training: bool = True) -> None:
+  """The config against the mesh it runs on: the training batch splits over it."""
   dp = shd.data_parallel_size(mesh)
   # The eval batch needs no check: it is rounded up and padded (shd.eval_batch_size).
   batch = int(config.train.batch_size)
@@ -220,34 +224,3 @@ def check_workdir(workdir: str, *, training: bool = True) -> None:
     what = 'the workdir' if existing == path else f'its parent {existing}'
     raise UserError(f'--workdir={workdir} is not writable ({what} denies write permission); '
                     'choose a --workdir you can write to, or fix the permissions.')
-
-
-def check_run(config, workdir: str, *, training: bool = True):
-  """What train.py / eval.py check before any data is read: config, mesh, workdir.
-
-  Returns the mesh.
-  """
-  validate_config(config, training=training)
-  mesh = shd.mesh_from_config(config)
-  validate_config(config, mesh=mesh, training=training)
-  check_workdir(workdir, training=training)
-  return mesh
-
-
-def checked_data_spec(config, splits: tuple[str, ...] = ()):
-  """Dataset metadata (name and splits checked; embedded data prepares once) and a model
-  built abstractly (no FLOPs) for its inputs, so model errors are one sentence too."""
-  from flax import nnx  # pylint: disable=g-import-not-at-top
-  from perceiver_jax import state as state_lib  # pylint: disable=g-import-not-at-top
-  from perceiver_jax.data import pipeline  # pylint: disable=g-import-not-at-top
-  from perceiver_jax import tasks  # pylint: disable=g-import-not-at-top
-  spec = pipeline.dataset_info(config.data, extra_splits=splits, task=tasks.get_task(config))
-  input_shape = state_lib.input_shapes(spec.input_shape)  # a dict for multimodal data
-  try:
-    nnx.eval_shape(lambda: state_lib.build(config, input_shape))
-  except UserError:
-    raise
-  except ValueError as e:  # the modules' own checks (head widths, names, ...)
-    raise UserError(f'config.model cannot be built for inputs of shape {input_shape} from '
-                    f'dataset {config.data.name!r}: {" ".join(str(e).split())}') from None
-  return spec

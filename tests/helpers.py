@@ -36,6 +36,16 @@ def tiny_mnist1d_config(**overrides):
   return set_dotted(config, {**TINY, **overrides})
 
 
+def abstract_run(config, input_shape, training: bool = False):
+  """run.Run of `config` for `input_shape` on a one-device mesh: the abstract model's
+  ModelSpec (num_params), logical names and abstract params, without any dataset."""
+  import jax
+  from perceiver_jax import sharding as shd
+  from perceiver_jax.run import Run
+  mesh = shd.make_mesh({'data': 1, 'fsdp': 1, 'tensor': 1}, devices=jax.devices()[:1])
+  return Run.from_input_shape(config, input_shape, mesh, training=training)
+
+
 def set_dotted(config, overrides: dict):
   """Sets config['a']['b'] = value for every 'a.b' key of overrides; returns config."""
   for key, value in overrides.items():

@@ -96,7 +96,7 @@ def test_task_map_equals_average_precisions_worked_out_by_hand():
                for s in (slice(0, 3), slice(3, 6))]
     eval_step = lambda params, model_state, b: task.loss_sums(jnp.asarray(b['logits']), b,
                                                               train=False)
-    report = steps.evaluate_split(eval_step, None, None, batches, lambda b: b, task)
+    report = steps.evaluate_split(eval_step, None, None, batches, task)
     assert report['num_examples'] == 5 and report['num_classes_scored'] == 3
     return report['map']
 
@@ -142,7 +142,7 @@ def test_eval_rows_concatenate_over_batches_and_padding_is_dropped():
              for s in (slice(0, 3), slice(3, 6), slice(6, 8))]
   eval_step = lambda params, model_state, b: task.loss_sums(jnp.asarray(b['logits']), b,
                                                             train=False)
-  report = steps.evaluate_split(eval_step, None, None, batches, lambda b: b, task)
+  report = steps.evaluate_split(eval_step, None, None, batches, task)
   want = multilabel_metrics(logits[:7], labels[:7])
   assert report['num_examples'] == 7 and report['num_classes_scored'] == 3
   assert report['map'] == pytest.approx(want['map'], rel=1e-9)

@@ -1,7 +1,7 @@
 """Bad input is one sentence, exit code 2, before anything expensive, and nothing written lost.
 
-Configs and flags go through the path train.py takes (flag_parsing.parse -> check_run ->
-checked_data_spec) in-process; a few real train.py / eval.py processes prove the exit code,
+Configs and flags go through the path train.py takes (flag_parsing.parse -> Run.create)
+in-process; a few real train.py / eval.py processes prove the exit code,
 the single stderr line and an untouched workdir.
 """
 
@@ -15,11 +15,10 @@ from absl import flags
 from ml_collections import config_flags
 
 from perceiver_jax import evaluator, flag_parsing
-from perceiver_jax import state as state_lib
 from perceiver_jax import trainer
 from perceiver_jax.data import pipeline
 from perceiver_jax.errors import DatasetError, UserError
-from perceiver_jax.validate import check_run, checked_data_spec
+from perceiver_jax.run import Run
 from tests.helpers import TINY, flags_for, prepared_data_dir, run_main, tiny_mnist1d_config
 
 CONFIG = '--config=configs/mnist1d.py'
@@ -39,8 +38,7 @@ def _cli_checks(argv, monkeypatch):
   flags.DEFINE_string('workdir', None, 'workdir', flag_values=flag_values)
   flag_parsing.parse(argv, flag_values)
   config = flag_values.config
-  check_run(config, flag_values.workdir)
-  checked_data_spec(config)
+  Run.create(config, flag_values.workdir)
   return config
 
 
@@ -189,7 +187,7 @@ def test_trainer_refuses_before_building_state(overrides, fragment, data_dir, tm
                                                monkeypatch):
   def expensive(*args, **kwargs):
     raise AssertionError('the train state was built before the config was checked')
-  monkeypatch.setattr(state_lib, 'create_train_state', expensive)
+  monkeypatch.setattr(Run, 'init_state', expensive)
   config = tiny_mnist1d_config(**{'data.data_dir': data_dir, **overrides})
   with pytest.raises(UserError) as e:
     trainer.train_and_evaluate(config, str(tmp_path / 'run'))

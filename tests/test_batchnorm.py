@@ -19,10 +19,7 @@ import pytest
 from configs import imagenet_perceiver_io
 from perceiver_jax import checkpoint as ckpt
 from perceiver_jax import sharding as shd
-from perceiver_jax import state as state_lib
-from perceiver_jax import steps
-from perceiver_jax import tasks
-from perceiver_jax.optim import make_optimizer
+from perceiver_jax.run import Run
 
 IMAGE = (16, 16, 3)
 BATCH = 32  # divides by 4 micro-batches x 8 data-parallel devices
@@ -106,7 +103,7 @@ def _expected_stats(mean, var, kernel, inputs, num_micro):
 @pytest.fixture(scope='module')
 def initial_state():
   """The initial train state on the host: every run starts from it (one init compile)."""
-  state, *_ = state_lib.create_train_state(_config(), IMAGE, _mesh(ONE_DEVICE))
+  state = Run.from_input_shape(_config(), IMAGE, _mesh(ONE_DEVICE)).init_state()
   return jax.device_get(state)
 
 
@@ -115,10 +112,9 @@ def _train(initial_state, mesh_sizes, grad_accum_steps):
   before the step, the batch's inputs and the running statistics after it)."""
   config = _config(grad_accum_steps)
   mesh = _mesh(mesh_sizes)
-  _, shardings, spec, tx, schedule = state_lib.create_train_state(config, IMAGE, mesh,
-                                                                  initialise=False)
-  state = jax.device_put(initial_state, shardings)
-  train_step = steps.make_train_step(spec, tx, schedule, config, mesh, shardings)
+  run = Run.from_input_shape(config, IMAGE, mesh)
+  state = jax.device_put(initial_state, run.state_shardings)
+  train_step = run.train_step()
   records = [{'stats': _stats(state.model_state)}]
   for batch in _batches(NUM_STEPS):
     kernel = np.array(_get(state.params, KERNEL))  # the state is donated to the step
@@ -171,7 +167,7 @@ def test_running_stats_are_saved_and_restored_onto_another_mesh(sharded_run, tmp
 
   # Resume (the whole train state) and eval (weights only) restore it on one device.
   mesh = _mesh(ONE_DEVICE)
-  abstract, *_ = state_lib.create_train_state(config, IMAGE, mesh, initialise=False)
+  abstract = Run.from_input_shape(config, IMAGE, mesh).abstract_state()
   manager = ckpt.make_manager(str(tmp_path), read_only=True)
   resumed = ckpt.restore(manager, NUM_STEPS, abstract)
   _, model_state = ckpt.restore_weights(ckpt.state_path(manager, NUM_STEPS), abstract.params,
@@ -188,18 +184,15 @@ def test_running_stats_are_saved_and_restored_onto_another_mesh(sharded_run, tmp
 def _eval_fn(config, mesh):
   """The eval step on `mesh` -> fn(params, model_state, batch) -> summed metrics, with
   the state and the batch placed as train.py and eval.py place them."""
-  _, shardings = state_lib.state_shardings(config, IMAGE, mesh,
-                                           make_optimizer(config.optimizer, 1)[0])
-  spec, _, _ = state_lib.model_spec(config, IMAGE)
-  eval_step = steps.make_eval_step(spec, mesh, shardings.params, shardings.model_state,
-                                   rules=config.sharding.rules, task=tasks.get_task(config))
+  run = Run.from_input_shape(config, IMAGE, mesh, training=False)
+  eval_step = run.eval_step()
 
-  def run(params, model_state, batch):
-    sums = eval_step(jax.device_put(params, shardings.params),
-                     jax.device_put(model_state, shardings.model_state),
+  def evaluate(params, model_state, batch):
+    sums = eval_step(jax.device_put(params, run.params_shardings),
+                     jax.device_put(model_state, run.model_state_shardings),
                      jax.device_put(batch, shd.batch_sharding(mesh)))
     return {k: float(v) for k, v in jax.device_get(sums).items()}
-  return run
+  return evaluate
 
 
 def test_eval_uses_the_running_stats_on_a_sharded_mesh_like_one_device(sharded_run):

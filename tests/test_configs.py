@@ -9,7 +9,7 @@ from flax import nnx
 from configs import common, digits, mnist1d
 from perceiver_jax import state as state_lib
 from perceiver_jax.validate import validate_config
-from tests.helpers import ROOT
+from tests.helpers import ROOT, abstract_run
 
 CASES = [
     (digits, None, (8, 8, 1)),
@@ -26,9 +26,9 @@ def test_config_validates_and_builds(module, arg, input_shape):
   config = module.get_config(arg)
   validate_config(config)
   model = nnx.eval_shape(lambda: state_lib.build(config, input_shape))
-  spec, names, params = state_lib.model_spec(config, input_shape)
-  assert spec.num_params > 0
-  assert model is not None and set(names) == set(params)
+  run = abstract_run(config, input_shape)
+  assert run.model.num_params > 0
+  assert model is not None and set(run.param_names) == set(run.abstract_params)
 
 
 def test_variants_select_data_and_augmentation():

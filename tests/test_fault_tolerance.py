@@ -23,9 +23,9 @@ import pytest
 from perceiver_jax import checkpoint as ckpt
 from perceiver_jax import nonfinite, preemption, trainer, workdir_lock
 from perceiver_jax import sharding as shd
-from perceiver_jax import state as state_lib
 from perceiver_jax.data import pipeline
 from perceiver_jax.errors import UserError
+from perceiver_jax.run import Run
 from tests.helpers import (ROOT, TINY, complete_steps, flags_for, prepared_data_dir, run_main,
                            tiny_mnist1d_config, train_steps, truncate_array_files)
 
@@ -260,7 +260,7 @@ def copy_of_reference(reference, tmp_path):
 def _resume_target(data_dir):
   config = tiny_mnist1d_config(**{**RUN, 'data.data_dir': data_dir})
   mesh = shd.mesh_from_config(config)
-  abstract, *_ = state_lib.create_train_state(config, (40, 1), mesh, initialise=False)
+  abstract = Run.from_input_shape(config, (40, 1), mesh).abstract_state()
   iterator = pipeline.make_train_iterator(config.data, global_batch_size=16, seed=0)
   return config, abstract, iterator
 
@@ -325,8 +325,8 @@ def test_resuming_with_another_optimizer_precision_or_model_is_one_sentence(
   # A config change is not damage: nothing may be set aside, and the error says what to do.
   workdir = copy_of_reference
   config = tiny_mnist1d_config(**{**RUN, **change, 'data.data_dir': data_dir})
-  abstract, *_ = state_lib.create_train_state(config, (40, 1), shd.mesh_from_config(config),
-                                              initialise=False)
+  abstract = Run.from_input_shape(config, (40, 1),
+                                  shd.mesh_from_config(config)).abstract_state()
   manager = ckpt.make_manager(workdir, config.checkpoint)
   with pytest.raises(UserError) as error:
     ckpt.restore_newest(manager, workdir, abstract)

@@ -17,7 +17,8 @@ from perceiver_jax.errors import DatasetError, UserError
 from perceiver_jax.metrics_log import read
 from perceiver_jax.tasks.flow import (CenterFlowCrop, FlowTask, RandomFlowCrop, ToFlowExample,
                                       flow_metrics, flow_sums)
-from perceiver_jax.validate import checked_data_spec, validate_config
+from perceiver_jax.run import Run
+from perceiver_jax.validate import validate_config
 from tests.helpers import assert_loss_falls, fixed_batch, run_main, runlocal
 
 
@@ -130,11 +131,11 @@ def test_bad_flow_settings_are_one_sentence(data_dir):
     validate_config(runlocal(flow_skimage, data_dir, **{'task.crop_size': (0, 4)}))
   pipeline.prepare('digits', data_dir)
   with pytest.raises(DatasetError, match=r"Dataset 'digits' has no 'frames', 'flow'"):
-    checked_data_spec(runlocal(flow_skimage, data_dir, **{'data.name': 'digits'}))
+    Run.create(runlocal(flow_skimage, data_dir, **{'data.name': 'digits'}))
 
 
 def test_crop_size_sets_the_model_input(data_dir):
-  spec = checked_data_spec(runlocal(flow_skimage, data_dir, **{'task.crop_size': (12, 8)}))
+  spec = Run.create(runlocal(flow_skimage, data_dir, **{'task.crop_size': (12, 8)})).data_spec
   assert spec.input_shape == (2, 12, 8, 3) and spec.num_classes == 2
   assert FlowTask().input_shape(pipeline.prepare('skimage_flow/tiny', data_dir)) == (2, 16, 16, 3)
 

@@ -12,7 +12,6 @@ import tensorflow_datasets as tfds
 
 from configs import _imagenet, imagenet_perceiver, imagenet_perceiver_io
 from perceiver_jax import evaluator, tasks, trainer
-from perceiver_jax import state as state_lib
 from perceiver_jax.data import pipeline
 from perceiver_jax.data.builders import photo_crops
 from perceiver_jax.errors import DatasetError, UserError
@@ -20,8 +19,9 @@ from perceiver_jax.metrics_log import read
 from perceiver_jax.tasks.classification import classification_loss
 from perceiver_jax.tasks.image_classification import (ImageClassificationTask,
                                                       image_classification_sums, topk_correct)
-from perceiver_jax.validate import checked_data_spec, validate_config
-from tests.helpers import assert_loss_falls, fixed_batch, prepared_data_dir, runlocal
+from perceiver_jax.run import Run
+from perceiver_jax.validate import validate_config
+from tests.helpers import abstract_run, assert_loss_falls, fixed_batch, prepared_data_dir, runlocal
 
 
 @pytest.fixture(scope='module')
@@ -199,8 +199,7 @@ def test_configs_carry_the_recipe_and_build(data_dir):
   assert (enc.num_latents, enc.num_latent_channels) == (512, 1024)
   assert config.model.preprocessor.position_encoding.num_bands == 64
   # Built abstractly: 44.9M parameters, the size reported for the Perceiver (FF) on ImageNet.
-  spec, _, _ = state_lib.model_spec(config, (224, 224, 3))
-  assert round(spec.num_params / 1e6, 1) == 44.9
+  assert round(abstract_run(config, (224, 224, 3)).model.num_params / 1e6, 1) == 44.9
   small = imagenet_perceiver_io.get_config('pos=conv,batch=256')
   assert small.optimizer.learning_rate == pytest.approx(5e-4)
   assert small.train.num_steps == 1_281_167 * 110 // 256
@@ -210,7 +209,7 @@ def test_configs_carry_the_recipe_and_build(data_dir):
   with pytest.raises(ValueError, match='Unknown imagenet_perceiver_io variant pos'):
     imagenet_perceiver_io.get_config('pos=patches')
   for arg in ('runlocal', 'runlocal,pos=learned', 'runlocal,pos=conv'):
-    assert checked_data_spec(runlocal(imagenet_perceiver_io, data_dir, arg)).input_shape == (
+    assert Run.create(runlocal(imagenet_perceiver_io, data_dir, arg)).data_spec.input_shape == (
         _imagenet.RUNLOCAL_IMAGE_SIZE, _imagenet.RUNLOCAL_IMAGE_SIZE, 3)
 
 
@@ -224,15 +223,15 @@ def test_bad_settings_are_one_sentence(data_dir):
     validate_config(config(**{'task.mixup_alpha': -1.0}))
   with pytest.raises(DatasetError, match=r"Dataset 'photo_crops' has 10 classes but "
                                                   r"config.model.num_classes=1000; set"):
-    checked_data_spec(config(**{'model.num_classes': 1000}))
+    Run.create(config(**{'model.num_classes': 1000}))
   pipeline.prepare('digits', data_dir)
   with pytest.raises(DatasetError, match=r"Dataset 'digits' has no \(image uint8"):
-    checked_data_spec(config(**{'data.name': 'digits', 'data.eval_split': 'test'}))
+    Run.create(config(**{'data.name': 'digits', 'data.eval_split': 'test'}))
   full = imagenet_perceiver.get_config()
   full.data.data_dir = data_dir
   with pytest.raises(DatasetError, match=r"Dataset 'imagenet2012' is not prepared in "
                                                   r".*downloads/manual\)\.$"):
-    checked_data_spec(full)
+    Run.create(full)
 
 
 # ------------------------------------------------------------------------------------------

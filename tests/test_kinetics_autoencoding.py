@@ -15,13 +15,13 @@ import pytest
 from configs import kinetics_autoencoding
 from configs.pretrained import multimodal_perceiver as released
 from perceiver_jax import evaluator, tasks, trainer
-from perceiver_jax import state as state_lib
 from perceiver_jax.data import pipeline
 from perceiver_jax.data.builders import kinetics_files
 from perceiver_jax.errors import UserError
 from perceiver_jax.tasks.autoencoding import MultimodalAutoencodingTask
-from perceiver_jax.validate import checked_data_spec, validate_config
-from tests.helpers import assert_loss_falls, fixed_batch, runlocal
+from perceiver_jax.run import Run
+from perceiver_jax.validate import validate_config
+from tests.helpers import abstract_run, assert_loss_falls, fixed_batch, runlocal
 
 
 @pytest.fixture(scope='module')
@@ -198,9 +198,9 @@ def test_configs_use_the_released_architecture_and_validate(data_dir):
   assert tuple(full.model.modalities.image.decoder.output_index_dims) == (16, 224, 224)
   validate_config(full)
   # The full model builds (abstractly) for the clips kinetics_files/k700 stores.
-  spec, _, _ = state_lib.model_spec(full, released.INPUT_SHAPE)
-  assert spec.num_params == 19_858_855  # the released checkpoint's 79.5 MB of float32
-  assert checked_data_spec(runlocal(kinetics_autoencoding, data_dir)).input_shape == {
+  # The released checkpoint's 79.5 MB of float32.
+  assert abstract_run(full, released.INPUT_SHAPE).model.num_params == 19_858_855
+  assert Run.create(runlocal(kinetics_autoencoding, data_dir)).data_spec.input_shape == {
       'image': (4, 16, 16, 3), 'audio': (256, 1), 'label': (4,)}
   bad = runlocal(kinetics_autoencoding, data_dir)
   bad.model.preprocessor.name = 'generic'

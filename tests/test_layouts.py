@@ -13,11 +13,10 @@ import numpy as np
 import pytest
 
 from perceiver_jax import sharding as shd
-from perceiver_jax import state as state_lib
-from perceiver_jax import steps
 from perceiver_jax.errors import UserError
 from perceiver_jax.model.partitioning import constrain, logical_sharding
 from perceiver_jax.optim import make_optimizer
+from perceiver_jax.run import Run
 from tests.helpers import assert_params_close, tiny_mnist1d_config
 
 # 56 = 8 x 7: the per-device batch (7 with fsdp=8, 14 with data x fsdp = 4) is a factor no
@@ -75,10 +74,9 @@ def _batches():
 def _train(config, mesh, initial):
   """(losses of NUM_STEPS steps, final state, compiled step's HLO text), starting from
   `initial` (a host copy of a state) placed as this mesh shards it."""
-  _, shardings, spec, tx, schedule = state_lib.create_train_state(config, INPUT_SHAPE, mesh,
-                                                                  initialise=False)
-  state = jax.device_put(initial, shardings)  # one initialisation compiled for all layouts
-  train_step = steps.make_train_step(spec, tx, schedule, config, mesh, shardings)
+  run = Run.from_input_shape(config, INPUT_SHAPE, mesh)
+  state = jax.device_put(initial, run.state_shardings)  # one initialisation for all layouts
+  train_step = run.train_step()
   batches = [jax.device_put(b, shd.batch_sharding(mesh)) for b in _batches()]
   compiled = train_step.lower(state, batches[0]).compile()
   losses = []
@@ -102,7 +100,7 @@ def single_device_run():
   """
   config = _config()
   mesh = shd.make_mesh({'data': 1, 'fsdp': 1, 'tensor': 1}, devices=jax.devices()[:1])
-  initial, *_ = state_lib.create_train_state(config, INPUT_SHAPE, mesh)
+  initial = Run.from_input_shape(config, INPUT_SHAPE, mesh).init_state()
   initial = jax.device_get(initial)
   losses, state, _ = _train(config, mesh, initial)
   assert losses[-1] < losses[0]  # it trains, so equal losses say something
@@ -148,8 +146,8 @@ def test_fsdp_holds_a_fraction_of_the_state_per_device():
   def per_device_fraction(layout, **mesh_sizes):
     config = _config(layout, **mesh_sizes)
     mesh = shd.mesh_from_config(config)
-    abstract, shardings = state_lib.state_shardings(
-        config, INPUT_SHAPE, mesh, make_optimizer(config.optimizer, 10)[0])
+    run = Run.from_input_shape(config, INPUT_SHAPE, mesh)
+    abstract, shardings = run.abstract_train_state, run.state_shardings
     total = local = 0
     for leaf, sharding in zip(jax.tree.leaves(abstract.params), jax.tree.leaves(shardings.params)):
       total += np.prod(leaf.shape)

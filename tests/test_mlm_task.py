@@ -19,7 +19,8 @@ from perceiver_jax.errors import DatasetError, UserError
 from perceiver_jax.metrics_log import read
 from perceiver_jax.tasks.mlm import MlmTask, mlm_metrics, mlm_sums
 from perceiver_jax.tokenizer import NUM_SPECIAL_TOKENS, PAD_ID, VOCAB_SIZE
-from perceiver_jax.validate import checked_data_spec, validate_config
+from perceiver_jax.run import Run
+from perceiver_jax.validate import validate_config
 from tests.helpers import assert_loss_falls, fixed_batch, run_main, runlocal
 
 NEG = -1e9  # a logit that gets probability 0 in float32
@@ -163,7 +164,7 @@ def test_configs_validate_and_tie_the_embedding(data_dir):
     assert model.postprocessor.embeddings is model.preprocessor.embeddings
   assert mlm_stdlib.get_config('runlocal,steps=7').train.num_steps == 7
   assert common.parse_arg('runlocal', runlocal=False).runlocal is True
-  assert checked_data_spec(runlocal(mlm_stdlib, data_dir)).input_shape == (128,)
+  assert Run.create(runlocal(mlm_stdlib, data_dir)).data_spec.input_shape == (128,)
 
 
 def test_bad_task_settings_are_one_sentence(data_dir):
@@ -177,7 +178,7 @@ def test_bad_task_settings_are_one_sentence(data_dir):
   pipeline.prepare('digits', data_dir)
   with pytest.raises(DatasetError, match=r"Dataset 'digits' has no 'bytes' \[window\] "
                                                   r"and 'length' features, so the mlm task"):
-    checked_data_spec(runlocal(mlm_stdlib, data_dir, **{'data.name': 'digits'}))
+    Run.create(runlocal(mlm_stdlib, data_dir, **{'data.name': 'digits'}))
 
 
 # ------------------------------------------------------------------------------------------

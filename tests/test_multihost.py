@@ -18,12 +18,12 @@ import pytest
 from perceiver_jax import checkpoint as ckpt
 from perceiver_jax import distributed
 from perceiver_jax import sharding as shd
-from perceiver_jax import state as state_lib
 from perceiver_jax import trainer
 from perceiver_jax.data import pipeline
 from perceiver_jax.errors import UserError
 from perceiver_jax.metrics_log import read
 from perceiver_jax.optim import make_schedule
+from perceiver_jax.run import Run
 from tests.helpers import (ROOT, TINY, assert_params_close, complete_steps, flags_for,
                            prepared_data_dir, run_main, tiny_mnist1d_config, train_steps,
                            truncate_array_files)
@@ -141,7 +141,7 @@ def _restore(workdir, step, overrides, with_data=False):
   data iterator moved to its saved position when `with_data`."""
   config = tiny_mnist1d_config(**overrides)
   mesh = shd.make_mesh(config.mesh)
-  abstract, *_ = state_lib.create_train_state(config, (40, 1), mesh, initialise=False)
+  abstract = Run.from_input_shape(config, (40, 1), mesh).abstract_state()
   iterator = pipeline.make_train_iterator(config.data, global_batch_size=16, seed=config.seed)
   manager = ckpt.make_manager(workdir, read_only=True)
   state = ckpt.restore(manager, step, abstract, iterator if with_data else None)

@@ -17,12 +17,12 @@ from configs import digits
 from perceiver_jax import checkpoint as ckpt
 from perceiver_jax import precision
 from perceiver_jax import sharding as shd
-from perceiver_jax import state as state_lib
 from perceiver_jax import steps
 from perceiver_jax.data import pipeline
 from perceiver_jax.errors import UserError
 from perceiver_jax.model.build import build_model
-from perceiver_jax.validate import checked_data_spec, validate_config
+from perceiver_jax.run import Run
+from perceiver_jax.validate import validate_config
 from tests.helpers import prepared_data_dir
 
 NUM_STEPS = 200  # convergence runs
@@ -92,14 +92,14 @@ class Setup:
   def __init__(self, config, mesh, like=None):
     self.config, self.mesh = config, mesh
     self.input_shape = tuple(pipeline.dataset_info(config.data).input_shape)
-    state, self.shardings, self.spec, self.tx, self.schedule = state_lib.create_train_state(
-        config, self.input_shape, mesh, initialise=like is None)
-    if like is not None:
-      state = jax.device_put(like.initial.replace(
+    run = Run.from_input_shape(config, self.input_shape, mesh)
+    self.shardings, self.spec, self.abstract = run.state_shardings, run.model, run.abstract_state()
+    if like is None:
+      self.initial = run.init_state()
+    else:
+      self.initial = jax.device_put(like.initial.replace(
           loss_scale=precision.make_loss_scale(config)), self.shardings)
-    self.initial = state
-    self.step = steps.make_train_step(self.spec, self.tx, self.schedule, config, mesh,
-                                      self.shardings)
+    self.step = run.train_step()
 
   def fresh_state(self):
     return copy_tree(self.initial)  # the step donates its input
@@ -118,8 +118,8 @@ class Setup:
                                      self.shardings.model_state)
     eval_batches = pipeline.make_eval_iterator(self.config.data, 'test', global_batch_size=360)
     return steps.evaluate_split(
-        eval_step, state.params, state.model_state, eval_batches,
-        lambda b: pipeline.to_global(b, shd.batch_sharding(self.mesh)))
+        eval_step, state.params, state.model_state,
+        (pipeline.to_global(b, shd.batch_sharding(self.mesh)) for b in eval_batches))
 
 
 @pytest.fixture(scope='module')
@@ -153,7 +153,7 @@ def test_bad_precision_fields_are_one_clear_sentence(data_dir):
     with pytest.raises(UserError, match=message.replace('(', r'\(')):
       config = small_config(data_dir, **overrides)
       validate_config(config)
-      checked_data_spec(config)  # the abstract build: the constructors' own checks
+      Run.create(config)  # the abstract build: the constructors' own checks
   mesh = shd.make_mesh({'data': 4, 'fsdp': 2, 'tensor': 1})
   config = small_config(data_dir, **{'train.batch_size': 24, 'train.grad_accum_steps': 2})
   with pytest.raises(UserError, match='batch_size=24 does not split into train.grad_accum_steps'
@@ -278,9 +278,7 @@ def test_float16_checkpoint_resumes_exactly(trained, batches, tmp_path):
   saved_scale = host(state.loss_scale)
   straight, history = setup.run(state, steps_after)
 
-  target, *_ = state_lib.create_train_state(setup.config, setup.input_shape, setup.mesh,
-                                            initialise=False)
-  restored = ckpt.restore(manager, 4, target)
+  restored = ckpt.restore(manager, 4, setup.abstract)
   manager.close()
   # The scale was mid-adjustment (the first steps overflow at 2^20); it comes back as saved.
   assert float(restored.loss_scale.scale) == float(saved_scale.scale) < 2.0**20

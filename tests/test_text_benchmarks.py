@@ -13,14 +13,15 @@ import pytest
 from configs import mlm_c4, text_classification
 from configs.pretrained import language_perceiver
 from perceiver_jax import checkpoint as ckpt
-from perceiver_jax import tasks, trainer
+from perceiver_jax import finetune, tasks, trainer
 from perceiver_jax.data import pipeline, text_windows
 from perceiver_jax.data.builders import stdlib_docs
 from perceiver_jax.errors import DatasetError, UserError
 from perceiver_jax.metrics_log import read
 from perceiver_jax.tasks.mlm import EncodeDocument, FixedSeedWholeWordMask, WindowAndMask
 from perceiver_jax.tokenizer import NUM_SPECIAL_TOKENS, PAD_ID, SEP_ID, VOCAB_SIZE
-from perceiver_jax.validate import checked_data_spec, validate_config
+from perceiver_jax.run import Run
+from perceiver_jax.validate import validate_config
 from tests.helpers import assert_loss_falls, fixed_batch, runlocal
 
 TEXT = 'Grüße, naïve café — 😀 ok.'  # 1-, 2-, 3- and 4-byte characters
@@ -194,7 +195,7 @@ def test_full_size_configs_are_the_released_model_with_the_recipes():
 
 def test_text_classification_reads_declared_text_and_label_features(data_dir):
   config = runlocal(text_classification, data_dir)
-  spec = checked_data_spec(config)
+  spec = Run.create(config).data_spec
   assert spec.input_shape == (128,) and spec.num_classes == 3
   task = tasks.get_task(config)
   batch = next(iter(pipeline.make_eval_iterator(config.data, 'test', global_batch_size=16,
@@ -209,11 +210,11 @@ def test_text_classification_reads_declared_text_and_label_features(data_dir):
   pipeline.prepare('digits', data_dir)
   with pytest.raises(DatasetError, match=r"Dataset 'digits' has no text feature "
                                                   r"'text', so the text_classification task"):
-    checked_data_spec(runlocal(text_classification, data_dir, **{'data.name': 'digits'}))
+    Run.create(runlocal(text_classification, data_dir, **{'data.name': 'digits'}))
   with pytest.raises(DatasetError, match=r"Dataset 'digits' has no 'bytes' \[window\] "
                                                   r"and 'length' features, so the mlm task "
                                                   r"cannot read it, nor a text feature 'text'"):
-    checked_data_spec(runlocal(mlm_c4, data_dir, **{'data.name': 'digits'}))
+    Run.create(runlocal(mlm_c4, data_dir, **{'data.name': 'digits'}))
 
 
 # ------------------------------------------------------------------------------------------
@@ -258,7 +259,7 @@ def test_fine_tuning_loads_the_mlm_encoder_and_a_fresh_head_then_learns(mlm_run,
   config = runlocal(text_classification, data_dir, **fixed_batch(8, 10),
                     **{'optimizer.learning_rate': 3e-3}, init_from=mlm_workdir)
   seen = {}
-  load = ckpt.init_from_checkpoint
+  load = finetune.init_from_checkpoint
 
   def load_and_keep(state, *args):
     loaded = load(state, *args)
@@ -268,7 +269,7 @@ def test_fine_tuning_loads_the_mlm_encoder_and_a_fresh_head_then_learns(mlm_run,
     return loaded
 
   # The trainer's own step-0 state: its fresh initialisation, then what init_from made of it.
-  monkeypatch.setattr(ckpt, 'init_from_checkpoint', load_and_keep)
+  monkeypatch.setattr(finetune, 'init_from_checkpoint', load_and_keep)
   workdir = str(tmp_path / 'ft')
   final = trainer.train_and_evaluate(config, workdir)
   manager = ocp.CheckpointManager(ckpt.checkpoint_dir(mlm_workdir))
@@ -295,7 +296,7 @@ def test_fine_tuning_loads_the_mlm_encoder_and_a_fresh_head_then_learns(mlm_run,
 
 
 def test_init_rename_must_be_pairs():
-  assert ckpt.parse_rename(' a/b=c/d, e=f ') == {'a/b': 'c/d', 'e': 'f'}
+  assert finetune.parse_rename(' a/b=c/d, e=f ') == {'a/b': 'c/d', 'e': 'f'}
   with pytest.raises(UserError, match=r"config.init_rename item 'a/b' is not "
                                       r"THIS_PATH=CHECKPOINT_PATH"):
-    ckpt.parse_rename('a/b')
+    finetune.parse_rename('a/b')

@@ -9,11 +9,11 @@ import orbax.checkpoint as ocp
 import pytest
 
 from perceiver_jax import checkpoint as ckpt
+from perceiver_jax import finetune
 from perceiver_jax import sharding as shd
-from perceiver_jax import state as state_lib
-from perceiver_jax import steps
 from perceiver_jax.data import pipeline
 from perceiver_jax.metrics_log import read
+from perceiver_jax.run import Run
 from tests.helpers import TINY, flags_for, prepared_data_dir, run_main, tiny_mnist1d_config
 
 
@@ -24,8 +24,8 @@ def data_dir(tmp_path_factory):
 
 def _losses(config, mesh, num_steps=5):
   input_shape = pipeline.dataset_info(config.data).input_shape
-  state, shardings, spec, tx, schedule = state_lib.create_train_state(config, input_shape, mesh)
-  train_step = steps.make_train_step(spec, tx, schedule, config, mesh, shardings)
+  run = Run.from_input_shape(config, input_shape, mesh)
+  state, train_step = run.init_state(), run.train_step()
   batches = pipeline.make_train_iterator(config.data, global_batch_size=config.train.batch_size,
                                          seed=config.seed)
   losses = []
@@ -134,10 +134,11 @@ def test_init_from_loads_weights_and_keeps_excluded_ones_fresh(straight_run, dat
   workdir, _ = straight_run
   config = tiny_mnist1d_config(**{'data.data_dir': data_dir})
   mesh = shd.make_mesh({'data': 2, 'fsdp': 4, 'tensor': 1})
-  fresh, shardings, *_ = state_lib.create_train_state(config, (40, 1), mesh)
+  run = Run.from_input_shape(config, (40, 1), mesh)
+  fresh, shardings = run.init_state(), run.state_shardings
   trained = _leaves_by_name(_restore_params(workdir, 6))
   fresh_leaves = _leaves_by_name(fresh.params)
-  state = ckpt.init_from_checkpoint(fresh, shardings, workdir, exclude='decoder/.*')
+  state = finetune.init_from_checkpoint(fresh, shardings, workdir, exclude='decoder/.*')
   got = _leaves_by_name(state.params)
   assert int(state.step) == 0
   assert any(name.startswith('decoder/') for name in got)
@@ -153,12 +154,13 @@ def test_init_from_a_checkpoint_of_another_shape_says_which_parameter(straight_r
   workdir, _ = straight_run
   config = tiny_mnist1d_config(**{'data.data_dir': data_dir, 'model.num_classes': 5})
   mesh = shd.make_mesh({'data': 8, 'fsdp': 1, 'tensor': 1})
-  fresh, shardings, *_ = state_lib.create_train_state(config, (40, 1), mesh)
+  run = Run.from_input_shape(config, (40, 1), mesh)
+  fresh, shardings = run.init_state(), run.state_shardings
   with pytest.raises(ValueError, match=r"'decoder/decoder/output/bias' has shape \(10,\) "
                                        r"in init_from checkpoint .* but \(5,\).*init_exclude"):
-    ckpt.init_from_checkpoint(fresh, shardings, workdir)
+    finetune.init_from_checkpoint(fresh, shardings, workdir)
   # Excluding the head makes the same checkpoint usable for a 5-class task.
-  state = ckpt.init_from_checkpoint(fresh, shardings, workdir, exclude=r'decoder/decoder/output/.*')
+  state = finetune.init_from_checkpoint(fresh, shardings, workdir, exclude=r'decoder/decoder/output/.*')
   assert state.params['decoder']['decoder']['output']['kernel'].shape == (32, 5)
 
 

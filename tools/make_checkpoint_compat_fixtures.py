@@ -60,7 +60,7 @@ def main():
   import orbax.checkpoint as ocp
   from perceiver_jax import checkpoint as ckpt
   from perceiver_jax.trainer import train_and_evaluate
-  from perceiver_jax.validate import checked_data_spec
+  from perceiver_jax.run import Run
 
   commit = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=ROOT, capture_output=True,
                           text=True, check=True).stdout.strip()
@@ -86,7 +86,7 @@ def main():
     shutil.copytree(os.path.join(workdir, 'checkpoints'), os.path.join(target, 'checkpoints'))
     shutil.copy(os.path.join(workdir, 'config.json'), target)
     np.savez(os.path.join(target, 'weights.npz'), **flat)
-    input_shape = checked_data_spec(config).input_shape
+    input_shape = Run.create(config).data_spec.input_shape
     index['fixtures'][name] = {
         'config': module, 'arg': arg, 'overrides': overrides, 'step': step,
         'input_shape': input_shape,

@@ -143,13 +143,19 @@ class BasicDecoder(nnx.Module):
 
   def __call__(self, query: jax.Array, z: jax.Array, *,
                query_mask: jax.Array | None = None, deterministic: bool = True,
-               rngs: nnx.Rngs | None = None) -> jax.Array:
+               rngs: nnx.Rngs | None = None,
+               attention_probs: list | None = None) -> jax.Array:
     """query_mask: optional [batch, M] booleans; masked queries decode to zeros+MLP.
 
     With query_chunk_size = c > 0 and M > c, the queries are decoded c at a time in a
     sequential loop (jax.lax.map), so attention memory is [batch, heads, c, num_latents]
     whatever M is; each query is decoded independently, so outputs are the same.
+    attention_probs: a list to append the cross-attend's probabilities [batch, heads, M,
+    num_latents] to (telemetry.py); None computes nothing extra.
     """
+    if attention_probs is not None:
+      attention_probs.append(self.cross_attend.attention_probs(
+          query, z, make_attention_mask(query_mask, None)))
     chunk = self.query_chunk_size
     if chunk and query.shape[1] > chunk:
       return self._decode_in_chunks(query, z, query_mask, chunk, deterministic)
@@ -219,9 +225,11 @@ class ClassificationDecoder(nnx.Module):
 
   def __call__(self, query: jax.Array, z: jax.Array, *,
                query_mask: jax.Array | None = None, deterministic: bool = True,
-               rngs: nnx.Rngs | None = None) -> jax.Array:
+               rngs: nnx.Rngs | None = None,
+               attention_probs: list | None = None) -> jax.Array:
     """[batch, 1, Cq] query, z [batch, num_latents, D] -> [batch, num_classes]."""
-    return self.decoder(query, z, deterministic=deterministic, rngs=rngs)[:, 0, :]
+    return self.decoder(query, z, deterministic=deterministic, rngs=rngs,
+                        attention_probs=attention_probs)[:, 0, :]
 
 
 class FlowDecoder(nnx.Module):

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from perceiver_jax.model.decoders import BasicDecoder, ClassificationDecoder
 from perceiver_jax.model.encoder import PerceiverEncoder
 from perceiver_jax.model.postprocessors import MultimodalPostprocessor
 
@@ -60,13 +61,18 @@ class Perceiver(nnx.Module):
                query_mask: Masks = None,
                subsampled_output_points: Array | Mapping[str, Array | None] | None = None,
                pos: Array | None = None, deterministic: bool = True,
-               rngs: nnx.Rngs | None = None) -> Array | dict[str, Array]:
+               rngs: nnx.Rngs | None = None,
+               attention_probs: dict | None = None) -> Array | dict[str, Array]:
     """input_mask: [batch, N] booleans over the preprocessed (flattened, patched) index,
     True = attend; for a multimodal model also {modality: [batch, N_m]}.
     query_mask: [batch, M] booleans over the decoder queries (or per modality).
     subsampled_output_points: [M] flat indices of the outputs to decode, or for a
     multimodal model {modality: [M_m] or None (all)}.
-    rngs: needed (with a 'dropout' stream) when deterministic=False."""
+    rngs: needed (with a 'dropout' stream) when deterministic=False.
+    attention_probs: a dict to fill with cross-attention probabilities [batch, heads,
+    queries, keys] (telemetry.py): 'cross_attend' (the encoder's first), 'cross_attend_<b>'
+    (block b's, iterative encoders) and 'decoder' (basic and classification decoders);
+    None computes nothing extra."""
     if isinstance(inputs, Mapping) and self.preprocessor is None:
       raise ValueError('A dict of inputs needs a multimodal preprocessor; this model has '
                        'no preprocessor.')
@@ -86,10 +92,21 @@ class Perceiver(nnx.Module):
     z = self.encoder.latents(batch)
     query = self.decoder.decoder_query(inputs, modality_sizes, without_pos,
                                        subsampled_points=subsampled_output_points)
+    encoder_probs = None if attention_probs is None else []
     z = self.encoder(inputs, z, input_mask=input_mask, deterministic=deterministic,
-                     rngs=rngs)
+                     rngs=rngs, attention_probs=encoder_probs)
+    decoder_kw = {}
+    if attention_probs is not None:
+      blocks = range(self.encoder.num_blocks) if self.encoder.cross_attend_every_block else [0]
+      attention_probs.update({('cross_attend' if b == 0 else f'cross_attend_{b}'): p
+                              for b, p in zip(blocks, encoder_probs)})
+      # Only these decoders cross-attend their queries to the latents in one place.
+      if isinstance(self.decoder, (BasicDecoder, ClassificationDecoder)):
+        decoder_kw['attention_probs'] = decoder_probs = []
     outputs = self.decoder(query, z, query_mask=query_mask, deterministic=deterministic,
-                           rngs=rngs)
+                           rngs=rngs, **decoder_kw)
+    if decoder_kw:
+      attention_probs['decoder'] = decoder_probs[0]
     if isinstance(self.postprocessor, MultimodalPostprocessor):
       outputs = self.postprocessor(outputs, modality_sizes=output_sizes or modality_sizes,
                                    deterministic=deterministic, rngs=rngs)

@@ -1,0 +1,214 @@
+"""The Run: what a config needs before its first step, set up once.
+
+`Run.create(config, workdir)` does, in this order and only once:
+
+  1. checks the config alone and the workdir (validate.py: one sentence if wrong);
+  2. builds the mesh and checks the config against it (batch divisibility);
+  3. resolves the task and the dataset spec (names, splits, per-example input shape);
+  4. builds the abstract model once (nnx.eval_shape: no FLOPs, no memory); a constructor's
+     ValueError becomes one UserError sentence;
+  5. from that one abstract model: the graphdef (ModelSpec), the logical axis names, the
+     abstract params and model state and their shardings;
+  6. when training: the optimizer, its schedule, the abstract TrainState and its shardings.
+     Evaluation builds no optimizer: it restores params and model state alone.
+
+Everything downstream takes what it needs from the Run: `init_state` / `abstract_state` /
+`abstract_weights`, `train_batches` / `eval_batches` (host batches made global arrays in
+one place), `train_step` / `eval_step`, `summary`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Iterator
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import Mesh
+
+from perceiver_jax import optim
+from perceiver_jax import sharding as shd
+from perceiver_jax import state as state_lib
+from perceiver_jax import steps
+from perceiver_jax import tasks
+from perceiver_jax import validate
+from perceiver_jax.data import pipeline
+from perceiver_jax.errors import UserError
+from perceiver_jax.model.build_multimodal import input_shapes
+from perceiver_jax.model.summary import model_summary
+from perceiver_jax.state import ModelSpec, TrainState
+
+
+def abstract_model(config, input_shape, dataset: str | None = None) -> nnx.Module:
+  """The model of `config` for per-example `input_shape`, built abstractly (shapes only).
+
+  The modules' own checks (head widths, names, ...) raise ValueError; here they become
+  one UserError sentence naming the input shape (and the dataset it came from).
+  """
+  try:
+    return nnx.eval_shape(lambda: state_lib.build(config, input_shape))
+  except UserError:
+    raise
+  except ValueError as e:
+    source = f' from dataset {dataset!r}' if dataset else ''
+    raise UserError(f'config.model cannot be built for inputs of shape {input_shape}'
+                    f'{source}: {" ".join(str(e).split())}') from None
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """One configured run on one mesh. Training runs also carry the optimizer and the
+  TrainState's abstract value and shardings; evaluation runs leave those None."""
+  config: Any
+  mesh: Mesh
+  task: tasks.Task
+  data_spec: pipeline.DatasetSpec | None  # None: made from a given input shape (tests)
+  model: ModelSpec                        # graphdef, normalised input_shape, num_params
+  param_names: Any                        # logical axis names, shaped like the params
+  abstract_params: Any                    # ShapeDtypeStructs: pure dict of nnx.Param values
+  abstract_model_state: Any               # ShapeDtypeStructs: the other model variables
+  params_shardings: Any
+  model_state_shardings: Any
+  tx: optax.GradientTransformation | None = None
+  schedule: optax.Schedule | None = None
+  abstract_train_state: TrainState | None = None
+  state_shardings: TrainState | None = None
+
+  # ----------------------------------------------------------------------------------------
+  # Construction.
+  # ----------------------------------------------------------------------------------------
+
+  @classmethod
+  def create(cls, config, workdir: str | None = None, *, training: bool = True,
+             splits: tuple[str, ...] = ()) -> Run:
+    """Checks `config` (and `workdir`, unless None) and sets up its run on this process's
+    devices; `splits`: extra dataset splits that must exist (eval.py's --split)."""
+    validate.validate_config(config, training=training)
+    if workdir is not None:
+      validate.check_workdir(workdir, training=training)
+    mesh = shd.mesh_from_config(config)
+    validate.check_mesh(config, mesh, training=training)
+    task = tasks.get_task(config)
+    data_spec = pipeline.dataset_info(config.data, extra_splits=splits, task=task)
+    return cls.from_input_shape(config, data_spec.input_shape, mesh, training=training,
+                                task=task, data_spec=data_spec)
+
+  @classmethod
+  def from_input_shape(cls, config, input_shape, mesh: Mesh, *, training: bool = True,
+                       task: tasks.Task | None = None,
+                       data_spec: pipeline.DatasetSpec | None = None) -> Run:
+    """Steps 4-6 of create for a given per-example input shape ({modality: shape} for
+    multimodal models) and mesh; the config is taken as checked."""
+    input_shape = input_shapes(input_shape)  # tuples of ints, once
+    model = abstract_model(config, input_shape, config.data.name if data_spec else None)
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    abstract_params, abstract_model_state = nnx.to_pure_dict(params), nnx.to_pure_dict(rest)
+    num_params = sum(math.prod(x.shape) for x in jax.tree.leaves(abstract_params))
+    names = shd.logical_names(model)
+    rep = shd.replicated(mesh)
+    params_shardings = shd.tree_shardings(abstract_params, names, mesh,
+                                          shd.rules_dict(config.sharding.rules))
+    model_state_shardings = jax.tree.map(lambda _: rep, abstract_model_state)
+    training_fields = {}
+    if training:
+      tx, schedule = optim.make_optimizer(config.optimizer, int(config.train.num_steps))
+      abstract = state_lib.abstract_train_state(config, abstract_params, abstract_model_state,
+                                                tx)
+      # Optimizer moments mirror the params they belong to; counts etc. are replicated.
+      opt_shardings = optax.tree_map_params(
+          tx, lambda _, s: s, abstract.opt_state, params_shardings,
+          transform_non_params=lambda _: rep)
+      shardings = TrainState(step=rep, params=params_shardings,
+                             model_state=model_state_shardings, opt_state=opt_shardings,
+                             rng=rep, loss_scale=jax.tree.map(lambda _: rep,
+                                                              abstract.loss_scale))
+      training_fields = dict(tx=tx, schedule=schedule, abstract_train_state=abstract,
+                             state_shardings=shardings)
+    return cls(config=config, mesh=mesh, task=task or tasks.get_task(config),
+               data_spec=data_spec, model=ModelSpec(graphdef, input_shape, num_params),
+               param_names=names, abstract_params=abstract_params,
+               abstract_model_state=abstract_model_state, params_shardings=params_shardings,
+               model_state_shardings=model_state_shardings, **training_fields)
+
+  # ----------------------------------------------------------------------------------------
+  # State.
+  # ----------------------------------------------------------------------------------------
+
+  def _need_training(self, what: str) -> None:
+    if self.tx is None:
+      raise ValueError(f'{what} needs a training Run; create it with training=True.')
+
+  def init_state(self) -> TrainState:
+    """A fresh TrainState (seed config.seed), born sharded: no array is ever materialised
+    whole on one device."""
+    self._need_training('init_state')
+    init = state_lib.make_init(self.config, self.model.input_shape, self.tx)
+    return jax.jit(init, out_shardings=self.state_shardings)(jnp.uint32(self.config.seed))
+
+  def abstract_state(self) -> TrainState:
+    """The TrainState as sharded ShapeDtypeStructs: what a checkpoint restores into."""
+    self._need_training('abstract_state')
+    return state_lib.with_shardings(self.abstract_train_state, self.state_shardings)
+
+  def abstract_weights(self) -> tuple[Any, Any]:
+    """(params, model_state) as sharded ShapeDtypeStructs: what evaluation restores into."""
+    return (state_lib.with_shardings(self.abstract_params, self.params_shardings),
+            state_lib.with_shardings(self.abstract_model_state, self.model_state_shardings))
+
+  def summary(self) -> dict[str, Any]:
+    """model_summary (params, output shape, FLOPs per example) of the abstract model: no
+    array is computed, and every process agrees."""
+    model = nnx.merge(self.model.graphdef, self.abstract_params, self.abstract_model_state)
+    return model_summary(model, self.model.input_shape, self.task.input_dtype)
+
+  # ----------------------------------------------------------------------------------------
+  # Data: host batches from grain, made global arrays on this mesh here and nowhere else.
+  # ----------------------------------------------------------------------------------------
+
+  def to_global(self, batch: dict) -> dict:
+    """This process's host batch -> global arrays sharded over the batch axes."""
+    return pipeline.to_global(batch, shd.batch_sharding(self.mesh))
+
+  def train_batches(self) -> pipeline.DeviceBatches:
+    """The training batches, prefetched onto the devices (data.device_prefetch steps
+    ahead); its position (batches taken) is checkpointed, so a resume continues exactly."""
+    config = self.config
+    dataset = pipeline.make_train_dataset(
+        config.data, global_batch_size=int(config.train.batch_size), seed=int(config.seed),
+        process_index=jax.process_index(), process_count=jax.process_count(),
+        task=self.task)
+    return pipeline.DeviceBatches(dataset, self.to_global, data_config=config.data,
+                                  prefetch=int(config.data.get('device_prefetch', 2)))
+
+  @property
+  def eval_batch_size(self) -> int:
+    """config.eval.batch_size rounded up to the data-parallel size (the rest is padding)."""
+    return shd.eval_batch_size(self.config.eval.batch_size, self.mesh)
+
+  def eval_batches(self, split: str | None = None) -> Iterator[dict]:
+    """One ordered pass over `split` (default data.eval_split) as global batches of
+    eval_batch_size, padded ('mask' 0) to whole batches."""
+    batches = pipeline.make_eval_iterator(
+        self.config.data, split or self.config.data.eval_split,
+        global_batch_size=self.eval_batch_size, process_index=jax.process_index(),
+        process_count=jax.process_count(), task=self.task)
+    return (self.to_global(batch) for batch in batches)
+
+  # ----------------------------------------------------------------------------------------
+  # Steps.
+  # ----------------------------------------------------------------------------------------
+
+  def train_step(self):
+    """steps.make_train_step on this run: train_step(state, batch) -> (state, metrics)."""
+    self._need_training('train_step')
+    return steps.make_train_step(self.model, self.tx, self.schedule, self.config, self.mesh,
+                                 self.state_shardings, self.task)
+
+  def eval_step(self):
+    """steps.make_eval_step on this run: eval_step(params, model_state, batch) -> sums."""
+    return steps.make_eval_step(self.model, self.mesh, self.params_shardings,
+                                self.model_state_shardings, rules=self.config.sharding.rules,
+                                task=self.task)
