@@ -17,9 +17,6 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-# The model layer owns the name -> dtype lookup; re-exported for the training layer.
-from perceiver_jax.model.settings import COMPUTE_DTYPES, compute_dtype  # noqa: F401
-
 
 @flax.struct.dataclass
 class LossScale:

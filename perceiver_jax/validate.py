@@ -18,11 +18,10 @@ import re
 
 import jax
 
-from perceiver_jax import precision
 from perceiver_jax import sharding as shd
 from perceiver_jax.errors import UserError
 from perceiver_jax.model import registry
-from perceiver_jax.model.settings import ModelSettings
+from perceiver_jax.model.settings import ModelSettings, compute_dtype
 from perceiver_jax.moved_flags import MOVED_FLAGS
 from perceiver_jax.optim import OPTIMIZERS, SCHEDULES
 
@@ -136,7 +135,7 @@ def _check_training(config) -> None:
 
 def _check_precision(config, training: bool) -> None:
   """Compute dtype, remat policy, gradient accumulation and loss-scale fields."""
-  precision.compute_dtype(config.model.get('dtype', 'float32'))
+  compute_dtype(config.model.get('dtype', 'float32'))
   if not training:
     return
   _positive(config.train.get('grad_accum_steps', 1), 'train.grad_accum_steps')

@@ -487,7 +487,7 @@ def make_eval_iterator(data_config, split: str, *, global_batch_size: int,
 # ---------------------------------------------------------------------------
 
 
-def to_global(batch: dict[str, Any],
+def to_global(batch: dict[str, object],
               sharding: jax.sharding.Sharding) -> dict[str, jax.Array]:
   """Assembles per-process batches into global arrays [G, ...] on `sharding`.
 

@@ -45,7 +45,6 @@ import dataclasses
 import math
 
 import grain
-import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
