@@ -50,8 +50,10 @@ def abstract_model(config, input_shape, dataset: str | None = None) -> nnx.Modul
   """
   try:
     return nnx.eval_shape(lambda: state_lib.build(config, input_shape))
-  except UserError:
-    raise
+  except UserError as e:
+    # The builder's sentence names the config path; raised under jax tracing, it also
+    # carries JAX's note about filtered frames, which is not part of it.
+    raise UserError(' '.join(str(e).split('\n-----')[0].split())) from None
   except ValueError as e:
     source = f' from dataset {dataset!r}' if dataset else ''
     raise UserError(f'config.model cannot be built for inputs of shape {input_shape}'

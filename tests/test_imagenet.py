@@ -230,7 +230,8 @@ def test_bad_settings_are_one_sentence(data_dir):
   full = imagenet_perceiver.get_config()
   full.data.data_dir = data_dir
   with pytest.raises(DatasetError, match=r"Dataset 'imagenet2012' is not prepared in "
-                                                  r".*downloads/manual\)\.$"):
+                                         r".*copy its folder into this data_dir, see "
+                                         r"docs/datasets\.md\.$"):
     Run.create(full)
 
 

@@ -90,6 +90,9 @@ def test_an_eval_run_has_weights_shardings_but_no_optimizer(data_dir, monkeypatc
 def test_a_model_that_cannot_be_built_is_one_sentence(data_dir):
   config = tiny_mnist1d_config(**{'data.data_dir': data_dir,
                                   'model.encoder.num_cross_attend_heads': 2})
-  with pytest.raises(UserError, match=r"config.model cannot be built for inputs of shape "
-                                      r"\(40, 1\) from dataset 'mnist1d/plain': "):
+  with pytest.raises(UserError) as e:
     Run.create(config)
+  # The constructor's sentence, with the config path and the inputs it was built for.
+  assert str(e.value) == ('config.model.encoder: qk_channels (25) must be divisible by '
+                          'num_heads (2) (the preprocessed inputs of shape (40, 1) have 25 '
+                          'channels).')
