@@ -50,9 +50,9 @@ def get_config(arg=None):
   config.train.update(batch_size=8 if local else 32,
                       num_steps=variant.steps or (4 if local else 1400),
                       log_every_steps=2 if local else 50, eval_every_steps=0 if local else 700)
-  # Latent telemetry draws images of continuous inputs and ignores the input mask: off.
-  config.eval.update(batch_size=32 if local else 256, telemetry_examples=0)
   config.optimizer.update(name='adamw', learning_rate=1e-3, warmup_steps=1 if local else 100,
                           weight_decay=1e-2)
+  # Latent telemetry draws images of continuous inputs and ignores the input mask: off.
+  config.eval.update(batch_size=32 if local else 256, telemetry_examples=0)
   config.checkpoint.every_steps = 2 if local else 350
   return config
