@@ -28,13 +28,9 @@ def get_config(arg=None):
   model.encoder.num_cross_attend_heads = 2
   model.encoder.dropout_prob = 0.2
 
-  config.train.batch_size = 64
-  config.train.num_steps = variant.steps
-  config.train.log_every_steps = 100
+  config.train.update(batch_size=64, num_steps=variant.steps, log_every_steps=100)
   config.task.label_smoothing = 0.1
   config.eval.batch_size = 360
-  config.optimizer.learning_rate = 1e-3
-  config.optimizer.warmup_steps = 100
-  config.optimizer.weight_decay = 1e-2
+  config.optimizer.update(learning_rate=1e-3, warmup_steps=100, weight_decay=1e-2)
   config.checkpoint.every_steps = 400
   return config

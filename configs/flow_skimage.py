@@ -49,17 +49,13 @@ def get_config(arg=None):
 
   # 0.84M params, 2.5 GFLOPs/example forward: about 1.45 s a step and 50 s a test-split eval
   # on a 2-core CPU, so 1000 steps (1.6 epochs) and 2 evals fit in 30 minutes.
-  config.train.batch_size = 8 if variant.runlocal else 16
-  config.train.num_steps = variant.steps or (4 if variant.runlocal else 1000)
-  config.train.log_every_steps = 2 if variant.runlocal else 50
-  config.train.eval_every_steps = 0 if variant.runlocal else 500
-  config.eval.batch_size = 12 if variant.runlocal else 200
+  local = variant.runlocal
+  config.train.update(batch_size=8 if local else 16,
+                      num_steps=variant.steps or (4 if local else 1000),
+                      log_every_steps=2 if local else 50, eval_every_steps=0 if local else 500)
   # Latent telemetry draws per-input heatmaps of 1-D/2-D inputs; frame pairs are neither.
-  config.eval.telemetry_examples = 0
-  config.optimizer.name = 'adamw'
-  config.optimizer.learning_rate = 1e-3
-  config.optimizer.warmup_steps = 1 if variant.runlocal else 100
-  config.optimizer.weight_decay = 1e-4
-  config.optimizer.clip_norm = 1.0
-  config.checkpoint.every_steps = 2 if variant.runlocal else 500
+  config.eval.update(batch_size=12 if local else 200, telemetry_examples=0)
+  config.optimizer.update(name='adamw', learning_rate=1e-3, warmup_steps=1 if local else 100,
+                          weight_decay=1e-4, clip_norm=1.0)
+  config.checkpoint.every_steps = 2 if local else 500
   return config

@@ -45,19 +45,14 @@ def get_config(arg=None):
       num_latents=16 if variant.runlocal else 128,
       num_self_attends=2 if variant.runlocal else 6, qk_channels=d_model)
 
-  config.train.batch_size = 8 if variant.runlocal else 32
-  # 2.6M params, 0.9 GFLOPs/example forward: about 1.0 s a step and 35 s a test-split eval
-  # on a 2-core CPU; 1800 steps and 3 evals took 32.7 minutes, so 1400 steps (2.1 epochs)
-  # and 2 evals, to fit in 30.
-  config.train.num_steps = variant.steps or (4 if variant.runlocal else 1400)
-  config.train.log_every_steps = 2 if variant.runlocal else 50
-  config.train.eval_every_steps = 0 if variant.runlocal else 700
-  config.eval.batch_size = 32 if variant.runlocal else 256
+  local = variant.runlocal
+  # 1400 steps (2.1 epochs) and 2 evals fit the 30-minute budget (docs/results.md).
+  config.train.update(batch_size=8 if local else 32,
+                      num_steps=variant.steps or (4 if local else 1400),
+                      log_every_steps=2 if local else 50, eval_every_steps=0 if local else 700)
+  config.optimizer.update(name='adamw', learning_rate=1e-3, warmup_steps=1 if local else 100,
+                          weight_decay=1e-2)
   # Latent telemetry draws images of continuous inputs and ignores the input mask: off.
-  config.eval.telemetry_examples = 0
-  config.optimizer.name = 'adamw'
-  config.optimizer.learning_rate = 1e-3
-  config.optimizer.warmup_steps = 1 if variant.runlocal else 100
-  config.optimizer.weight_decay = 1e-2
-  config.checkpoint.every_steps = 2 if variant.runlocal else 350
+  config.eval.update(batch_size=32 if local else 256, telemetry_examples=0)
+  config.checkpoint.every_steps = 2 if local else 350
   return config

@@ -48,14 +48,10 @@ def get_config(arg=None):
   model.encoder.num_latents = 16
   model.encoder.dropout_prob = 0.1
 
-  config.train.batch_size = 100
   default_steps = {'conv': 2000, 'patches': 5000, 'raw': 3000}[variant.model]
-  config.train.num_steps = variant.steps or default_steps
-  config.train.log_every_steps = 250
-  config.train.eval_every_steps = 1000
+  config.train.update(batch_size=100, num_steps=variant.steps or default_steps,
+                      log_every_steps=250, eval_every_steps=1000)
   config.eval.batch_size = 500
-  config.optimizer.learning_rate = 2e-3
-  config.optimizer.warmup_steps = 200
-  config.optimizer.weight_decay = 5e-2
+  config.optimizer.update(learning_rate=2e-3, warmup_steps=200, weight_decay=5e-2)
   config.checkpoint.every_steps = 1000
   return config

@@ -102,14 +102,8 @@ def get_config(arg=None):
   config.train.log_every_steps = 2 if variant.runlocal else 100
   config.train.eval_every_steps = 0 if variant.runlocal else num_train // batch  # per epoch
   config.eval.batch_size = 16 if variant.runlocal else 256
-  opt = config.optimizer
-  opt.name = 'lamb'
-  opt.learning_rate = 1e-3 if variant.runlocal else 5e-5  # Table 13's grid
-  opt.warmup_steps = 1 if variant.runlocal else 200
-  opt.schedule = 'linear'
-  opt.end_lr_factor = 0.0
-  opt.weight_decay = 0.01
-  opt.b1, opt.b2, opt.eps = 0.9, 0.999, 1e-6
-  opt.clip_norm = 1.0
+  config.optimizer.update(mlm_c4.LAMB, schedule='linear',
+                          learning_rate=1e-3 if variant.runlocal else 5e-5,  # Table 13's grid
+                          warmup_steps=1 if variant.runlocal else 200)
   config.checkpoint.every_steps = 4 if variant.runlocal else 1000
   return config

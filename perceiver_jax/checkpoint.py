@@ -20,6 +20,7 @@ import time
 
 import grain
 import jax
+from jax.experimental import multihost_utils
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -293,7 +294,6 @@ def _quarantine(manager: ocp.CheckpointManager, workdir: str, step: int) -> str:
 
 def _sync_processes(name: str) -> None:
   if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices(name)
 
 
@@ -301,7 +301,6 @@ def _all_processes_ok(ok: bool) -> bool:
   """True iff `ok` on every process (a read can fail on one process only)."""
   if jax.process_count() == 1:
     return ok
-  from jax.experimental import multihost_utils
   return bool(multihost_utils.process_allgather(np.int32(ok)).all())
 
 

@@ -211,7 +211,7 @@ class Telemetry:
     return scalars
 
   def _write_image(self, step, split, out) -> None:
-    from perceiver_jax import telemetry_plot
+    from perceiver_jax import telemetry_plot  # matplotlib: only runs that draw load it
     inputs = out['inputs']
     if not isinstance(inputs, np.ndarray):
       return  # multimodal inputs: no single index grid to draw over

@@ -19,6 +19,8 @@ import re
 import jax
 
 from perceiver_jax import sharding as shd
+from perceiver_jax import tasks
+from perceiver_jax.data import transforms
 from perceiver_jax.errors import UserError
 from perceiver_jax.model import registry
 from perceiver_jax.model.settings import ModelSettings, compute_dtype
@@ -79,7 +81,6 @@ def _choice(config, path: str, choices) -> None:
 
 
 def _check_data(config) -> None:
-  from perceiver_jax.data import transforms  # pylint: disable=g-import-not-at-top
   data = config.data
   if not data.name:
     raise UserError('config.data.name is empty; name a dataset, e.g. --config.data.name=digits.')
@@ -147,7 +148,6 @@ def _check_precision(config, training: bool) -> None:
 def _check_task(config) -> None:
   """config.task is a registered task's section, no moved field remains in its old place,
   then the task checks its own settings."""
-  from perceiver_jax import tasks  # pylint: disable=g-import-not-at-top
   for old, new in MOVED_FLAGS.items():
     parent, _, leaf = old.rpartition('.')
     if parent and leaf in config.get(parent, {}):  # a config file written before the move

@@ -45,11 +45,9 @@ def byte_model(model, *, seq_len: int, d_model: int, d_latents: int, heads: int,
 def get_config(arg=None):
   del arg
   config = common.get_config()
-  # The paper pretrains on English Wikipedia + C4; this repo has no text pipeline yet.
-  config.data.name = 'c4/en'
-  model = config.model
-  model.num_classes = 262
-  byte_model(model, seq_len=MAX_SEQ_LEN, d_model=D_MODEL, d_latents=D_LATENTS, heads=8,
+  config.data.name = 'c4/en'  # the paper pretrains on English Wikipedia + C4 (mlm_c4.py)
+  config.model.num_classes = 262
+  byte_model(config.model, seq_len=MAX_SEQ_LEN, d_model=D_MODEL, d_latents=D_LATENTS, heads=8,
              num_latents=256, num_self_attends=26, qk_channels=8 * 32)
   # What convert.py needs to build the model without a dataset.
   config.convert = dict(family='language', input_shape=INPUT_SHAPE)

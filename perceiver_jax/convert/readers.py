@@ -45,7 +45,7 @@ def load_checkpoint_file(path: str) -> dict[str, Array]:
 
 
 def _load_safetensors(path: str) -> dict[str, Array]:
-  from safetensors.numpy import load_file
+  from safetensors.numpy import load_file  # only .safetensors inputs need it
   try:
     return load_file(path)
   except TypeError:
