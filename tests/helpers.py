@@ -7,8 +7,6 @@ import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# The session's compilation cache directory for the mains run_main starts (conftest.py).
-COMPILE_CACHE = 'PERCEIVER_JAX_TEST_COMPILE_CACHE'
 
 # A small Perceiver on MNIST-1D that compiles and steps in well under a second on CPU.
 TINY = {
@@ -73,11 +71,7 @@ def run_main(script: str, args: list[str], *, devices: int = 8, check: bool = Tr
   env['XLA_FLAGS'] = (f'--xla_force_host_platform_device_count={devices} '
                       '--xla_backend_optimization_level=0')
   env['JAX_PLATFORMS'] = 'cpu'
-  # Tests often rerun a program another test compiled (the same config resumed, evaluated,
-  # fine-tuned): one compilation cache for the whole session (tests/conftest.py).
-  if COMPILE_CACHE in os.environ:
-    env.setdefault('JAX_COMPILATION_CACHE_DIR', os.environ[COMPILE_CACHE])
-    env.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.5')
+  # The session's compilation cache (tests/conftest.py) comes with os.environ.
   proc = subprocess.run([sys.executable, os.path.join(ROOT, script), *args], cwd=ROOT, env=env,
                         capture_output=True, text=True, timeout=timeout)
   if check and proc.returncode != 0:
