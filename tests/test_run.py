@@ -8,7 +8,7 @@ import pytest
 from perceiver_jax import evaluator, optim, trainer
 from perceiver_jax import sharding as shd
 from perceiver_jax import state as state_lib
-from perceiver_jax.errors import UserError
+from perceiver_jax.errors import DatasetError, UserError
 from perceiver_jax.run import Run
 from tests.helpers import prepared_data_dir, tiny_mnist1d_config
 
@@ -96,3 +96,15 @@ def test_a_model_that_cannot_be_built_is_one_sentence(data_dir):
   assert str(e.value) == ('config.model.encoder: qk_channels (25) must be divisible by '
                           'num_heads (2) (the preprocessed inputs of shape (40, 1) have 25 '
                           'channels).')
+
+
+def test_fewer_model_classes_than_the_dataset_has_is_one_sentence(data_dir):
+  """Labels the model has no logit for would train against all-zero targets, silently."""
+  config = tiny_mnist1d_config(**{'data.data_dir': data_dir, 'model.num_classes': 5})
+  with pytest.raises(DatasetError) as e:
+    Run.create(config)
+  assert str(e.value) == ("Dataset 'mnist1d' has 10 classes but config.model.num_classes=5, so "
+                          'labels 5..9 could never be predicted; set '
+                          '--config.model.num_classes=10.')
+  config.model.num_classes = 12  # more logits than classes trains correctly: allowed
+  assert Run.create(config).data_spec.num_classes == 10

@@ -59,9 +59,15 @@ class ClassificationTask(Task):
   label_smoothing (config.task.label_smoothing) smooths the training loss only."""
 
   name = 'classification'
+  model_args = ('num_classes',)
 
-  def __init__(self, label_smoothing: float = 0.0):
+  def __init__(self, label_smoothing: float = 0.0, num_classes: int | None = None):
     self.label_smoothing = label_smoothing  # training loss only; check_config checks it
+    self.model_classes = num_classes  # the model's logits (None: not checked)
+
+  @classmethod
+  def model_kwargs(cls, model_config):
+    return {'num_classes': model_config.num_classes}
 
   def check_config(self, config) -> None:
     check_label_smoothing(self.label_smoothing)
@@ -77,8 +83,19 @@ class ClassificationTask(Task):
           "pipeline for it.")
     return keys
 
+  def check_classes(self, builder, label_key: str) -> None:
+    """A model with fewer logits than the dataset has classes would train on the labels it
+    cannot predict against all-zero targets, silently: refused in one sentence."""
+    classes = getattr(builder.info.features[label_key], 'num_classes', None)
+    if classes and self.model_classes is not None and self.model_classes < classes:
+      raise DatasetError(
+          f"Dataset '{builder.name}' has {classes} classes but config.model.num_classes="
+          f"{self.model_classes}, so labels {self.model_classes}..{classes - 1} could never "
+          f"be predicted; set --config.model.num_classes={classes}.")
+
   def features(self, builder):
     inputs_key, label_key = self._keys(builder)
+    self.check_classes(builder, label_key)
     feature = builder.info.features[inputs_key]
     return {inputs_key: (tuple(feature.shape), np.dtype(feature.np_dtype)),
             label_key: CLASS_LABEL}

@@ -51,8 +51,9 @@ class TextClassificationTask(ClassificationTask):
   input_dtype = np.int32
 
   def __init__(self, seq_len: int = 2048, text_keys: tuple[str, ...] = (),
-               label_key: str = '', label_smoothing: float = 0.0):
-    super().__init__(label_smoothing=label_smoothing)
+               label_key: str = '', label_smoothing: float = 0.0,
+               num_classes: int | None = None):
+    super().__init__(label_smoothing=label_smoothing, num_classes=num_classes)
     self.seq_len = int(seq_len)
     if isinstance(text_keys, str):
       text_keys = (text_keys,)
@@ -93,6 +94,7 @@ class TextClassificationTask(ClassificationTask):
 
   def features(self, builder):
     text_keys, label_key = self._keys(builder)
+    self.check_classes(builder, label_key)
     return {**{k: ((), 'text') for k in text_keys}, label_key: CLASS_LABEL}
 
   def input_shape(self, builder):
