@@ -23,7 +23,7 @@ from perceiver_jax.errors import UserError
 from perceiver_jax.model.build import build_model
 from perceiver_jax.run import Run
 from perceiver_jax.validate import validate_config
-from tests.helpers import prepared_data_dir
+from tests.helpers import prepared_data_dir, set_dotted
 
 NUM_STEPS = 200  # convergence runs
 SMALL = {
@@ -47,14 +47,7 @@ SMALL = {
 
 
 def small_config(data_dir, **overrides):
-  config = digits.get_config()
-  for key, value in {**SMALL, 'data.data_dir': data_dir, **overrides}.items():
-    *path, leaf = key.split('.')
-    node = config
-    for part in path:
-      node = node[part]
-    node[leaf] = value
-  return config
+  return set_dotted(digits.get_config(), {**SMALL, 'data.data_dir': data_dir, **overrides})
 
 
 def single_device_mesh():

@@ -19,6 +19,8 @@ import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from tests.helpers import set_dotted  # pylint: disable=g-import-not-at-top (after sys.path)
+
 OUT = os.path.join(ROOT, 'tests', 'fixtures', 'checkpoints')
 
 # Small encoders keep each fixture to a few hundred KiB; the module tree (and so every
@@ -45,13 +47,7 @@ FIXTURES = {
 def build_config(module: str, arg, overrides: dict, data_dir: str):
   config = importlib.import_module(f'configs.{module}').get_config(arg)
   config.data.data_dir = data_dir
-  for key, value in {**SMALL, **RUN, **overrides}.items():
-    *path, leaf = key.split('.')
-    node = config
-    for part in path:
-      node = node[part]
-    node[leaf] = value
-  return config
+  return set_dotted(config, {**SMALL, **RUN, **overrides})
 
 
 def main():
