@@ -10,7 +10,7 @@ import time
 import jax
 
 from perceiver_jax import checkpoint as ckpt
-from perceiver_jax import finetune, nonfinite, preemption, workdir_lock
+from perceiver_jax import finetune, nonfinite, preemption, workdir_config, workdir_lock
 from perceiver_jax import sharding as shd
 from perceiver_jax import steps
 from perceiver_jax.metrics_log import MetricsLog, Progress, format_metrics
@@ -71,8 +71,7 @@ def _train_and_evaluate(config, workdir: str, cleanup: contextlib.ExitStack) -> 
                                           config.get('init_rename', ''))
   # Written only once the workdir's checkpoints are known to fit this config.
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-      f.write(config.to_json_best_effort(indent=2))
+    workdir_config.write(workdir, config)
 
   train_step = run.train_step()
   eval_step = run.eval_step()

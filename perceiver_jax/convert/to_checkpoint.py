@@ -21,6 +21,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from perceiver_jax import checkpoint as ckpt
+from perceiver_jax import workdir_config
 from perceiver_jax.convert.readers import load_checkpoint_file
 from perceiver_jax.convert.common import assign_params
 from perceiver_jax.errors import UserError
@@ -104,8 +105,7 @@ def write_checkpoint(model: nnx.Module, workdir: str, config=None) -> str:
   manager.wait_until_finished()
   manager.close()
   if config is not None and jax.process_index() == 0:  # one writer in a multi-process run
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-      f.write(config.to_json_best_effort(indent=2))
+    workdir_config.write(workdir, config)
   return os.path.join(ckpt.checkpoint_dir(workdir), '0')
 
 
