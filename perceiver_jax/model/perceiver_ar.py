@@ -195,9 +195,10 @@ class PerceiverAR(nnx.Module):
 
   # -- training and evaluation ----------------------------------------------------------
 
-  def __call__(self, tokens: jax.Array, *, num_latents: int | None = None,
+  def __call__(self, inputs: jax.Array, *, num_latents: int | None = None,
                deterministic: bool = True, rngs: nnx.Rngs | None = None) -> jax.Array:
-    batch, length = tokens.shape
+    """inputs: token ids [batch, n]."""
+    batch, length = inputs.shape
     num_latents = self.num_latents if num_latents is None else int(num_latents)
     if length > self.max_context:
       raise ValueError(f'{length} tokens exceed the model\'s max_context '
@@ -206,7 +207,7 @@ class PerceiverAR(nnx.Module):
       raise ValueError(f'num_latents ({num_latents}) must be between 1 and the input '
                        f'length ({length}).')
     positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
-    x = constrain(self.embed(tokens), ('batch', 'length', 'act_embed'))
+    x = constrain(self.embed(inputs), ('batch', 'length', 'act_embed'))
     latents, latent_positions = x[:, -num_latents:], positions[:, -num_latents:]
     kv, kv_positions = x, positions
     prefix = length - num_latents
