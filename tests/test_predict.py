@@ -9,6 +9,7 @@ model called directly on inputs prepared by hand.
 
 from __future__ import annotations
 
+import json
 import os
 
 import jax
@@ -17,16 +18,20 @@ import ml_collections
 import numpy as np
 import pytest
 from flax import nnx
+from PIL import Image
 
 from configs import digits, flow_skimage, kinetics_autoencoding, mlm_stdlib, modelnet40_perceiver
 from perceiver_jax import evaluator, tasks
 from perceiver_jax.convert import to_checkpoint
 from perceiver_jax.data import pipeline
+from perceiver_jax.data.flow_io import read_flo
+from perceiver_jax.flow_colors import color_wheel, flow_to_rgb
 from perceiver_jax.errors import UserError
 from perceiver_jax.predict import load
+from perceiver_jax.predict_files import predict_files
 from perceiver_jax.run import abstract_model
 from perceiver_jax.tokenizer import MASK_ID, PAD_ID
-from tests.helpers import prepared_data_dir, set_dotted, with_random_weights
+from tests.helpers import prepared_data_dir, run_main, set_dotted, with_random_weights
 
 
 @pytest.fixture(scope='module')
@@ -195,3 +200,88 @@ def test_multimodal_autoencoder_returns_reconstructions(tmp_path_factory):
                              atol=1e-6)
   np.testing.assert_allclose(out['audio'], want['audio'], rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(out['label'], jax.nn.softmax(want['label']), rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------
+# The command line (predict.py) and the flow colour wheel.
+# ------------------------------------------------------------------------------------------
+
+def _last_json(proc):
+  return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_cli_writes_flo_and_png_that_match_predict(flow_workdir, tmp_path):
+  workdir, _ = flow_workdir
+  frames = np.random.default_rng(4).integers(0, 256, (2, 16, 16, 3), dtype=np.uint8)
+  files = []
+  for i, frame in enumerate(frames):
+    files.append(str(tmp_path / f'frame{i}.png'))
+    Image.fromarray(frame).save(files[-1])
+  output = str(tmp_path / 'out' / 'flow')
+  summary = _last_json(run_main('predict.py', [f'--workdir={workdir}', *files,
+                                               f'--output={output}'], devices=2))
+  want = load(workdir).predict(frames[None])[0]
+  written = read_flo(summary['flo'])
+  np.testing.assert_allclose(written, want, rtol=1e-5, atol=1e-5)
+  with Image.open(summary['png']) as png:
+    np.testing.assert_array_equal(np.asarray(png), flow_to_rgb(written))
+  again = run_main('predict.py', [f'--workdir={workdir}', *files, f'--output={output}'],
+                   devices=2, check=False)
+  assert again.returncode == 2 and 'already exists' in again.stderr
+
+
+def test_cli_fills_the_reference_sentence(mlm_workdir):
+  workdir, _ = mlm_workdir
+  text = 'This is an incomplete sentence where some words are missing.'
+  summary = _last_json(run_main('predict.py', [f'--workdir={workdir}', f'--text={text}',
+                                               '--mask= missing.'], devices=2))
+  masked = text[:-9] + '[MASK]' * 9
+  assert summary['text'] == masked
+  assert summary['filled'] == load(workdir).predict(masked)
+
+
+def test_cli_top_k_of_image_files_with_class_names(digits_run, tmp_path):
+  workdir = digits_run[0]
+  images = np.random.default_rng(5).integers(0, 17, (2, 8, 8), dtype=np.uint8)
+  files = []
+  for i, image in enumerate(images):
+    files.append(str(tmp_path / f'digit{i}.png'))
+    Image.fromarray(image).save(files[-1])
+  summary = _last_json(run_main('predict.py', [f'--workdir={workdir}', '--top_k=3', *files],
+                                devices=2))
+  probabilities = load(workdir).predict(images[..., None].astype(np.float32))
+  for row, p in zip(summary['predictions'], probabilities):
+    names = [int(name) for name, _ in row['top_k']]
+    assert len(names) == 3 and names[0] == int(p.argmax())
+    # Another device count rounds differently, so near-ties may swap: values by name.
+    np.testing.assert_allclose([q for _, q in row['top_k']], p[names], rtol=1e-4, atol=1e-5)
+    assert np.sort(p)[-3] <= min(q for _, q in row['top_k']) + 1e-5
+
+
+def test_cli_paths_refuse_what_they_cannot_read(tmp_path_factory, tmp_path, digits_run):
+  config = kinetics_autoencoding.get_config('runlocal')
+  task = tasks.get_task(config)
+  shape = {'image': (4, 16, 16, 3), 'audio': (256, 1), 'label': (task.label_classes,)}
+  workdir, _ = converted_workdir(tmp_path_factory, config, shape, 'kinetics_cli')
+  with pytest.raises(UserError, match="no command-line path for the 'multimodal_autoencoding'"):
+    predict_files(workdir, ['a.png'])
+  with pytest.raises(UserError, match='does not exist; pass image files'):
+    predict_files(digits_run[0], [str(tmp_path / 'missing.png')])
+  (tmp_path / 'big.png').write_bytes(b'')
+  Image.fromarray(np.zeros((9, 8), np.uint8)).save(tmp_path / 'big.png')
+  with pytest.raises(UserError, match=r'shape \(9, 8, 1\)'):
+    predict_files(digits_run[0], [str(tmp_path / 'big.png')])
+
+
+def test_flow_colour_wheel():
+  flow = np.zeros((1, 5, 2), np.float32)
+  flow[0, 1] = (1, 0)    # right: red
+  flow[0, 2] = (0, 1)    # down (image rows grow downwards)
+  flow[0, 3] = (-1, 0)   # left: the opposite side of the wheel
+  flow[0, 4] = (0.5, 0)  # half as long: half saturated
+  rgb = flow_to_rgb(flow)
+  assert rgb[0, 0].tolist() == [255, 255, 255]  # no motion: white
+  assert rgb[0, 1].tolist() == [255, 0, 0]
+  assert rgb[0, 3].tolist() != rgb[0, 1].tolist() and rgb[0, 3, 2] > 200  # cyan-ish
+  assert rgb[0, 4].tolist() == [255, 128, 128]
+  assert len(color_wheel()) == 55
