@@ -161,3 +161,22 @@ def predict_main() -> None:
   flags.DEFINE_integer('top_k', 5, 'Classifiers: classes printed per image.')
   flags.DEFINE_string('output', 'flow', 'Flow models: write OUTPUT.flo and OUTPUT.png.')
   app.run(_predict, flags_parser=parse_or_exit)
+
+
+def _export(argv) -> None:
+  del argv
+  _setup_logging()
+
+  def go():
+    if not FLAGS.workdir or not FLAGS.output:
+      raise UserError('--workdir and --output are required: perceiver-export '
+                      '--workdir=WORKDIR --output=DIR.')
+    from perceiver_jax import export
+    print(json.dumps(export.export(FLAGS.workdir, FLAGS.output, FLAGS.step)))
+  _run(go)
+
+
+def export_main() -> None:
+  flags.DEFINE_integer('step', None, 'Checkpoint step to export (default: the latest).')
+  flags.DEFINE_string('output', None, 'Directory for model.stablehlo and spec.json.')
+  app.run(_export, flags_parser=parse_or_exit)
