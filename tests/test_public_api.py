@@ -1,8 +1,10 @@
 """The public surface: `import perceiver_jax` is cheap, every exported name resolves, and
 every model module builds and runs on its own (no build_model, no sharding context), inside
-a user's own nnx.Module too, with gradients through it."""
+a user's own nnx.Module too, with gradients through it; docs/api.md's code runs."""
 
 import inspect
+import os
+import re
 import subprocess
 import sys
 
@@ -223,3 +225,12 @@ def test_parts_inside_your_own_module_train_with_jax_grad():
     assert np.isfinite(g).all() and np.abs(g).sum() > 0, path
   stepped = jax.tree.map(lambda p, g: p - 1e-3 * g, params, grads)
   assert loss_fn(stepped) < loss
+
+
+def test_docs_api_code_blocks_run(tmp_path, monkeypatch):
+  # docs/api.md's ```python blocks, in order, as one script: the docs cannot drift.
+  with open(os.path.join(ROOT, 'docs', 'api.md')) as f:
+    blocks = re.findall(r'^```python\n(.*?)^```', f.read(), re.S | re.M)
+  assert len(blocks) >= 3
+  monkeypatch.chdir(tmp_path)
+  exec(compile('\n'.join(blocks), 'docs/api.md', 'exec'), {'__name__': 'docs_api'})
