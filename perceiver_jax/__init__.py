@@ -65,7 +65,9 @@ _EXPORTS = {
     'Run': 'perceiver_jax.run',
     'train_and_evaluate': 'perceiver_jax.trainer',
     'evaluate': 'perceiver_jax.evaluator',
-    # 'load' (perceiver_jax.predict: a trained model from a workdir) joins with predict.py.
+    # A trained or converted model from its workdir: load(workdir).predict(raw inputs).
+    'load': 'perceiver_jax.predict',
+    'Predictor': 'perceiver_jax.predict',
 }
 
 __all__ = sorted(_EXPORTS)
