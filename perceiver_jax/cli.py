@@ -137,3 +137,46 @@ def _report(argv) -> None:
 
 def report_main() -> None:
   app.run(_report)
+
+
+def _predict(argv) -> None:
+  _setup_logging()
+
+  def go():
+    if not FLAGS.workdir:
+      raise UserError('--workdir is required: a training or convert workdir, e.g. '
+                      'perceiver-predict --workdir=workdirs/digits IMAGE...')
+    from perceiver_jax import predict_files
+    print(json.dumps(predict_files.predict_files(
+        FLAGS.workdir, list(argv[1:]), step=FLAGS.step, text=FLAGS.text, mask=FLAGS.mask,
+        top_k=FLAGS.top_k, output=FLAGS.output)))
+  _run(go)
+
+
+def predict_main() -> None:
+  flags.DEFINE_integer('step', None, 'Checkpoint step to predict with (default: the latest).')
+  flags.DEFINE_string('text', None, "Language models: the text, '[MASK]' for each byte to fill.")
+  flags.DEFINE_string('mask', None, 'Language models: mask every byte of the last occurrence '
+                      'of this part of --text.')
+  flags.DEFINE_integer('top_k', 5, 'Classifiers: classes printed per image.')
+  flags.DEFINE_string('output', 'flow', 'Flow models: write OUTPUT.flo and OUTPUT.png.')
+  app.run(_predict, flags_parser=parse_or_exit)
+
+
+def _export(argv) -> None:
+  del argv
+  _setup_logging()
+
+  def go():
+    if not FLAGS.workdir or not FLAGS.output:
+      raise UserError('--workdir and --output are required: perceiver-export '
+                      '--workdir=WORKDIR --output=DIR.')
+    from perceiver_jax import export
+    print(json.dumps(export.export(FLAGS.workdir, FLAGS.output, FLAGS.step)))
+  _run(go)
+
+
+def export_main() -> None:
+  flags.DEFINE_integer('step', None, 'Checkpoint step to export (default: the latest).')
+  flags.DEFINE_string('output', None, 'Directory for model.stablehlo and spec.json.')
+  app.run(_export, flags_parser=parse_or_exit)

@@ -132,7 +132,7 @@ def build_model(model_config: ml_collections.ConfigDict, *,
   or {modality: shape} for a multimodal model.
 
   `model_config` is `config.model`. Parameters carry logical-axis metadata
-  (`out_sharding`) but are created unsharded; the caller places them on a mesh.
+  (partitioning.logical_axes) but are created unsharded; the caller places them on a mesh.
   `dtype` (the compute dtype) defaults to `model_config.dtype`. A constructor's
   ValueError comes back as a UserError naming its config path.
   """
@@ -147,17 +147,15 @@ def build_model(model_config: ml_collections.ConfigDict, *,
                          input_shape=input_shapes(input_shape),
                          latent_channels=model_config.encoder.num_latent_channels)
   at = 'config.model.'
-  # Eager sharding would try to place every Param on a mesh as it is created.
-  with nnx.use_eager_sharding(False):
-    # This order (preprocessor, decoder, encoder, postprocessor) fixes which random
-    # numbers each part's initial weights get; keep it.
-    ctx.preprocessor = registry.build_part('preprocessor', model_config.preprocessor, ctx,
-                                           at + 'preprocessor')
-    ctx.decoder = registry.build_part('decoder', model_config.decoder, ctx, at + 'decoder')
-    encoder = registry.build_part('encoder', model_config.encoder, ctx, at + 'encoder')
-    postprocessor = registry.build_part(
-        'postprocessor', model_config.get('postprocessor', {'name': 'auto'}), ctx,
-        at + 'postprocessor')
+  # This order (preprocessor, decoder, encoder, postprocessor) fixes which random
+  # numbers each part's initial weights get; keep it.
+  ctx.preprocessor = registry.build_part('preprocessor', model_config.preprocessor, ctx,
+                                         at + 'preprocessor')
+  ctx.decoder = registry.build_part('decoder', model_config.decoder, ctx, at + 'decoder')
+  encoder = registry.build_part('encoder', model_config.encoder, ctx, at + 'encoder')
+  postprocessor = registry.build_part(
+      'postprocessor', model_config.get('postprocessor', {'name': 'auto'}), ctx,
+      at + 'postprocessor')
   return Perceiver(ctx.preprocessor, encoder, ctx.decoder, postprocessor)
 
 
