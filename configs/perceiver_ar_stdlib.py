@@ -37,7 +37,7 @@ def get_config(arg=None):
       num_self_attends=2 if local else 6, widening_factor=4,
       rotary_fraction=0.5,  # rotary on half of each head's q/k channels, as the paper
       prefix_dropout=variant.prefix_dropout)
-  config.train.update(batch_size=4 if local else 16,
+  config.train.update(batch_size=8 if local else 16,
                       num_steps=variant.steps or (4 if local else 2000),
                       log_every_steps=2 if local else 50,
                       eval_every_steps=0 if local else 1000)

@@ -18,6 +18,7 @@ _EXPORTS = {
     # The model and its parts (perceiver_jax/model/): each builds and runs on its own.
     'Perceiver': 'perceiver_jax.model.perceiver',
     'PerceiverEncoder': 'perceiver_jax.model.encoder',
+    'PerceiverAR': 'perceiver_jax.model.perceiver_ar',
     'Attention': 'perceiver_jax.model.attention',
     'CrossAttention': 'perceiver_jax.model.attention',
     'SelfAttention': 'perceiver_jax.model.attention',
@@ -68,6 +69,9 @@ _EXPORTS = {
     # A trained or converted model from its workdir: load(workdir).predict(raw inputs).
     'load': 'perceiver_jax.predict',
     'Predictor': 'perceiver_jax.predict',
+    # Perceiver AR generation with a key/value cache.
+    'Sampler': 'perceiver_jax.sampling',
+    'SamplingOptions': 'perceiver_jax.sampling',
 }
 
 __all__ = sorted(_EXPORTS)

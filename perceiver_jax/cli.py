@@ -180,3 +180,40 @@ def export_main() -> None:
   flags.DEFINE_integer('step', None, 'Checkpoint step to export (default: the latest).')
   flags.DEFINE_string('output', None, 'Directory for model.stablehlo and spec.json.')
   app.run(_export, flags_parser=parse_or_exit)
+
+
+def _sample(argv) -> None:
+  del argv
+  _setup_logging()
+
+  def go():
+    if not FLAGS.workdir:
+      raise UserError('--workdir is required: the workdir of a Perceiver AR training run.')
+    if FLAGS.prompt is None:
+      raise UserError("--prompt is required: the text to continue, e.g. --prompt='def main('.")
+    from perceiver_jax import sampling
+    options = sampling.SamplingOptions(temperature=FLAGS.temperature, top_k=FLAGS.top_k,
+                                       top_p=FLAGS.top_p)
+    result = sampling.sample_text(FLAGS.workdir, FLAGS.prompt, FLAGS.num_tokens,
+                                  step=FLAGS.step, options=options, seed=FLAGS.seed,
+                                  cached=FLAGS.cache, num_latents=FLAGS.num_latents,
+                                  stride=FLAGS.stride)
+    print(json.dumps(result))
+  _run(go)
+
+
+def sample_main() -> None:
+  flags.DEFINE_string('prompt', None, 'The text to continue (UTF-8 bytes).')
+  flags.DEFINE_integer('num_tokens', 200, 'Bytes to generate.')
+  flags.DEFINE_float('temperature', 1.0, 'Sampling temperature; 0 = the most likely byte.')
+  flags.DEFINE_integer('top_k', 0, 'Sample among the k most likely bytes; 0 = all.')
+  flags.DEFINE_float('top_p', 1.0, 'Sample among the most likely bytes holding this much '
+                     'probability; 1 = all.')
+  flags.DEFINE_integer('seed', 0, 'Random seed of the sampling.')
+  flags.DEFINE_integer('step', None, 'Checkpoint step to sample from (default: the latest).')
+  flags.DEFINE_integer('num_latents', None, 'Latent window (default: the trained one).')
+  flags.DEFINE_integer('stride', None, 'Tokens between re-encodes once the window is full '
+                       '(default: half the window).')
+  flags.DEFINE_bool('cache', True, 'Use the key/value cache (--nocache: re-encode the whole '
+                    'context for every byte).')
+  app.run(_sample, flags_parser=parse_or_exit)

@@ -34,6 +34,7 @@ import jax
 import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
+from flax import nnx
 
 from perceiver_jax import checkpoint as ckpt
 from perceiver_jax import sharding as shd
@@ -108,6 +109,10 @@ class Predictor:
 
   def __post_init__(self):
     self._predict_step = self.run.predict_step()
+
+  def model(self):
+    """The nnx model with the restored weights (for code of your own, e.g. sampling)."""
+    return nnx.merge(self.run.model.graphdef, self.params, self.model_state)
 
   def examples(self, inputs) -> tuple[dict[str, np.ndarray], bool]:
     """Raw inputs -> (the batch of model examples {'inputs': [batch, ...], ...} as numpy,

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from perceiver_jax import predict
 from perceiver_jax.errors import UserError
 from perceiver_jax.model.perceiver_ar import PerceiverAR
 
@@ -157,3 +159,28 @@ class Sampler:
     logits = (np.stack([np.asarray(l) for l in history]) if history
               else np.zeros((0, batch, 0), np.float32))
     return Generation(sequence, logits, windows, encodes)
+
+
+def sample_text(workdir: str, prompt: str, num_tokens: int, *, step: int | None = None,
+                options: SamplingOptions = SamplingOptions(), seed: int = 0,
+                cached: bool = True, num_latents: int | None = None,
+                stride: int | None = None) -> dict:
+  """Continues `prompt` (UTF-8 bytes) with the Perceiver AR model of a workdir; returns
+  {'prompt', 'continuation' (invalid UTF-8 shown as U+FFFD), 'step', 'seconds' (wall time
+  of generation, compilation included)}."""
+  predictor = predict.load(workdir, step)
+  model = predictor.model()
+  if not isinstance(model, PerceiverAR):
+    raise UserError(f'{workdir} holds a {type(model).__name__} ({predictor.task.name} task); '
+                    'sampling needs a Perceiver AR model (configs/perceiver_ar_stdlib.py), '
+                    'which has a key/value cache to generate with.')
+  if not prompt:
+    raise UserError('--prompt is empty; give the text to continue.')
+  sampler = Sampler(model, num_latents=num_latents, stride=stride)
+  tokens = np.frombuffer(prompt.encode('utf-8'), np.uint8).astype(np.int32)
+  start = time.perf_counter()
+  generation = sampler.generate(tokens, num_tokens, options=options, seed=seed, cached=cached)
+  seconds = time.perf_counter() - start
+  new = generation.tokens[0, len(tokens):].astype(np.uint8).tobytes()
+  return dict(prompt=prompt, continuation=new.decode('utf-8', errors='replace'),
+              step=predictor.step, seconds=round(seconds, 3))

@@ -1,12 +1,23 @@
 """Perceiver AR: causality, prefix dropout, and cached generation equal to recomputation."""
 
+import json
+import math
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 
+from configs import perceiver_ar_stdlib
+from perceiver_jax import predict, trainer
+from perceiver_jax.data import pipeline
+from perceiver_jax.data.builders import python_stdlib as ps
 from perceiver_jax.errors import UserError
+from perceiver_jax.tasks.causal_lm import LastCrop, RandomCrop
+from tests.helpers import (assert_loss_falls, fixed_batch, prepared_data_dir, run_main,
+                           runlocal)
 from perceiver_jax.model.perceiver_ar import PerceiverAR, apply_rotary
 from perceiver_jax.sampling import Sampler, SamplingOptions
 
@@ -20,8 +31,7 @@ def forward(model, tokens, num_latents=None):
 
 
 def tiny_model(**overrides):
-  with nnx.use_eager_sharding(False):
-    return PerceiverAR(**{**TINY, **overrides}, rngs=nnx.Rngs(0))
+  return PerceiverAR(**{**TINY, **overrides}, rngs=nnx.Rngs(0))
 
 
 def test_a_latent_sees_only_the_past():
@@ -122,3 +132,62 @@ def test_bad_sampling_requests_are_one_sentence(call, phrase):
 def test_an_uncached_model_cannot_be_sampled_with_a_cache():
   with pytest.raises(UserError, match='no key/value cache'):
     Sampler(nnx.Linear(2, 2, rngs=nnx.Rngs(0)))  # any other module
+
+
+# ------------------------------------------------------------------------------------------
+# In the framework: packed data, the causal_lm task, the trainer, sample.py.
+# ------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory):
+  return prepared_data_dir(tmp_path_factory, 'python_stdlib/packed_tiny')
+
+
+def test_packed_windows_are_the_split_files_joined_by_a_zero_byte(data_dir):
+  builder = pipeline.prepare('python_stdlib/packed_tiny', data_dir)
+  root, cfg = ps.stdlib_root(), builder.builder_config
+  files = ps.corpus_files(root)
+  for split in ('train', 'test'):
+    paths = builder._cap(root, files[split], cfg.files_per_split[split])
+    stream = b''.join(open(os.path.join(root, p), 'rb').read() + b'\0' for p in paths)
+    windows = np.stack([e['bytes'] for e in builder.as_data_source(split)])
+    assert windows.shape[1] == 513
+    assert windows.tobytes() == stream[:windows.size]
+    assert len(stream) - windows.size < 513  # only the incomplete tail is dropped
+
+
+def test_every_context_predicts_the_same_bytes_at_evaluation():
+  window = {'bytes': np.arange(513, dtype=np.int64) % 256}
+  short = LastCrop(64, 16).map(window)
+  long = LastCrop(256, 16).map(window)
+  np.testing.assert_array_equal(short['targets'], long['targets'])
+  np.testing.assert_array_equal(short['targets'], window['bytes'][-16:])
+  np.testing.assert_array_equal(long['inputs'][-64:], short['inputs'])
+  crop = RandomCrop(64, 16).random_map(window, np.random.default_rng(0))
+  np.testing.assert_array_equal(crop['targets'][:-1], crop['inputs'][-15:])
+
+
+def test_runlocal_learns_a_batch_then_samples_from_its_workdir(data_dir, tmp_path):
+  workdir = str(tmp_path / 'ar')
+  config = runlocal(perceiver_ar_stdlib, data_dir, **fixed_batch(8, 12),
+                    **{'optimizer.learning_rate': 3e-3})
+  final = trainer.train_and_evaluate(config, workdir)
+  assert_loss_falls(workdir)
+  assert final['bits_per_byte'] == pytest.approx(final['loss'] / math.log(2), rel=1e-6)
+  proc = run_main('sample.py', [f'--workdir={workdir}', '--prompt=def main(',
+                                '--num_tokens=20', '--temperature=0'])
+  result = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert result['step'] == 12 and result['prompt'] == 'def main('
+  # Greedy bytes, the same as the model's own argmax loop without the cache.
+  model = predict.load(workdir).model()
+  greedy = Sampler(model).generate(np.frombuffer(b'def main(', np.uint8), 20,
+                                   options=SamplingOptions(temperature=0.0), cached=False)
+  expected = greedy.tokens[0, 9:].astype(np.uint8).tobytes().decode('utf-8', 'replace')
+  assert result['continuation'] == expected
+  # A prompt longer than the context: one sentence, exit 2.
+  proc = run_main('sample.py', [f'--workdir={workdir}', '--prompt=' + 'x' * 200],
+                  check=False)
+  assert proc.returncode == 2
+  assert proc.stderr.strip().splitlines()[-1] == (
+      'error: The prompt (200 tokens) is longer than the context (128); shorten it or '
+      'sample with a longer context.')

@@ -51,6 +51,10 @@ def _tiny_perceiver(r):
 # class name -> (build(rngs) -> module, call(module) -> output, expected output shape(s)).
 CASES = {
     'Perceiver': (_tiny_perceiver, lambda m: m(ones(5, 3)), (B, 5)),
+    'PerceiverAR': (
+        lambda r: pj.PerceiverAR(vocab_size=16, max_context=8, num_latents=4, num_channels=8,
+                                 num_heads=2, num_self_attends=1, rngs=r),
+        lambda m: m(jnp.ones((B, 8), jnp.int32)), (B, 4, 16)),
     'PerceiverEncoder': (
         lambda r: pj.PerceiverEncoder(3, num_latents=4, num_latent_channels=8, num_blocks=2,
                                       num_self_attends_per_block=1, num_self_attend_heads=2,

@@ -169,8 +169,7 @@ def _build_perceiver_ar(model_config, input_shape, rngs, dtype, param_dtype) -> 
                     f'config.model.max_context={fields.get("max_context")}; the inputs have '
                     f'shape {context}.')
   try:
-    with nnx.use_eager_sharding(False):
-      return PerceiverAR(vocab_size=model_config.num_classes, settings=settings, rngs=rngs,
-                         **fields)
+    return PerceiverAR(vocab_size=model_config.num_classes, settings=settings, rngs=rngs,
+                       **fields)
   except ValueError as e:
     raise UserError(f'config.model: {" ".join(str(e).split())}') from None

@@ -28,7 +28,7 @@ from flax import nnx
 
 from perceiver_jax.model import checks
 from perceiver_jax.model.attention import MLP, dense, dot_product_attention, layer_norm
-from perceiver_jax.model.partitioning import constrain
+from perceiver_jax.model.partitioning import constrain, logical_axes
 from perceiver_jax.model.settings import DEFAULT, ModelSettings
 
 Dtype = Any
@@ -181,7 +181,7 @@ class PerceiverAR(nnx.Module):
     self.embed = nnx.Embed(
         vocab_size, num_channels, dtype=settings.dtype, param_dtype=settings.param_dtype,
         embedding_init=nnx.initializers.truncated_normal(embedding_init_scale),
-        embedding_metadata={'out_sharding': ('vocab', 'embed')}, rngs=rngs)
+        embedding_metadata=logical_axes(('vocab', 'embed')), rngs=rngs)
     block = dict(num_heads=num_heads, widening_factor=widening_factor,
                  rotary_fraction=rotary_fraction, max_wavelength=max_wavelength,
                  dropout_prob=dropout_prob, dropout_attn_prob=dropout_attn_prob,
