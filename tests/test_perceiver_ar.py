@@ -191,3 +191,19 @@ def test_runlocal_learns_a_batch_then_samples_from_its_workdir(data_dir, tmp_pat
   assert proc.stderr.strip().splitlines()[-1] == (
       'error: The prompt (200 tokens) is longer than the context (128); shorten it or '
       'sample with a longer context.')
+
+
+def test_ngram_baseline_is_a_distribution_and_learns_a_periodic_stream():
+  from benchmarks.baselines import witten_bell_bits  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  train = rng.integers(0, 6, 5000).astype(np.uint8)
+  context = np.array([[1, 2, 3, 4]])
+  for order in (2, 3, 5):
+    probs = [2.0 ** -witten_bell_bits(train, context, np.array([b]), order)[order]
+             for b in range(256)]
+    assert sum(probs) == pytest.approx(1.0, abs=1e-9)
+  periodic = np.tile(np.arange(7), 500).astype(np.uint8)
+  test = np.tile(np.arange(7), 8)
+  contexts = np.stack([test[4 - k:50 - k] for k in range(4, 0, -1)], axis=-1)
+  bits = witten_bell_bits(periodic, contexts, test[4:50], 3)
+  assert bits[1] > 2.8 and bits[3] < 1e-3
