@@ -27,6 +27,7 @@ converted from released weights (no dataset needed), else from the dataset's met
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from typing import Any
 
@@ -47,6 +48,8 @@ from perceiver_jax.run import Run
 
 # TFDS ships ImageNet's 1000 class names (WordNet ids, e.g. 'n01440764') in this order.
 IMAGENET_LABELS = 'datasets/imagenet2012/labels.txt'
+# Written by perceiver-convert from a Hugging Face config.json's id2label.
+CLASS_NAMES = 'class_names.json'
 
 
 def input_shape_of(config, task) -> Any:
@@ -149,9 +152,16 @@ class Predictor:
     return result[0] if isinstance(result, list) else jax.tree.map(lambda x: x[0], result)
 
   def class_names(self) -> list[str]:
-    """Names of the model's classes: ImageNet's (TFDS's label file) for a 1000-class
-    ImageNet model, the dataset's class-label names when it is prepared, else '0', '1'..."""
+    """Names of the model's classes: WORKDIR/class_names.json (a converted Hugging Face
+    model's id2label), ImageNet's (TFDS's label file: WordNet ids) for a 1000-class ImageNet
+    model, the dataset's class-label names when it is prepared, else '0', '1'..."""
     num = int(self.config.model.num_classes)
+    saved = os.path.join(self.workdir, CLASS_NAMES)
+    if os.path.isfile(saved):
+      with open(saved) as f:
+        names = json.load(f)
+      if isinstance(names, list) and len(names) == num:
+        return [str(n) for n in names]
     data = self.config.data
     if data.name.split('/')[0].split(':')[0] == 'imagenet2012' and num == 1000:
       with open(tfds.core.tfds_path(IMAGENET_LABELS)) as f:

@@ -182,6 +182,17 @@ def test_point_cloud_classification_matches_the_model(tmp_path_factory):
   mean, std = config.data.normalize
   logits = direct(model, {'inputs': jnp.asarray((clouds - mean) / std)})
   np.testing.assert_allclose(probabilities, jax.nn.softmax(logits), rtol=1e-5, atol=1e-6)
+  # A Hugging Face config.json beside converted weights names the classes.
+  classes = config.model.num_classes
+  hf_dir = tmp_path_factory.mktemp('hf')
+  (hf_dir / 'config.json').write_text(json.dumps(
+      {'id2label': {str(i): f'shape {i}' for i in reversed(range(classes))}}))
+  names = to_checkpoint.hf_class_names(str(hf_dir / 'model.safetensors'))
+  assert names == [f'shape {i}' for i in range(classes)]
+  assert to_checkpoint.hf_class_names(str(tmp_path_factory.mktemp('none') / 'x.bin')) is None
+  with open(os.path.join(workdir, 'class_names.json'), 'w') as f:
+    json.dump(names, f)
+  assert load(workdir).class_names() == names
 
 
 def test_multimodal_autoencoder_returns_reconstructions(tmp_path_factory):

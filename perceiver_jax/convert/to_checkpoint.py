@@ -11,6 +11,7 @@ checkpoint, so `eval.py --workdir=WORKDIR` evaluates it and
 from __future__ import annotations
 
 import importlib
+import json
 import logging
 import os
 
@@ -109,10 +110,32 @@ def write_checkpoint(model: nnx.Module, workdir: str, config=None) -> str:
   return os.path.join(ckpt.checkpoint_dir(workdir), '0')
 
 
+CLASS_NAMES = 'class_names.json'
+
+
+def hf_class_names(weights_path: str) -> list[str] | None:
+  """The class names of a Hugging Face model directory's config.json (`id2label`, in id
+  order) beside the weights file, or None (no such file, or no labels in it)."""
+  config_file = os.path.join(os.path.dirname(os.path.abspath(weights_path)), 'config.json')
+  try:
+    with open(config_file) as f:
+      id2label = json.load(f).get('id2label') or {}
+    names = [id2label[str(i)] for i in range(len(id2label))]
+  except (OSError, ValueError, KeyError, AttributeError):
+    return None
+  return [str(n) for n in names] or None
+
+
 def convert_to_checkpoint(config, path: str, workdir: str, fmt: str = 'auto') -> dict:
-  """Converts the file at `path` for `config` into WORKDIR; returns a short summary."""
+  """Converts the file at `path` for `config` into WORKDIR; returns a short summary.
+  A Hugging Face config.json beside the weights gives the classes' names
+  (WORKDIR/class_names.json, read by perceiver-predict)."""
   model = convert_weights(config, path, fmt)
   directory = write_checkpoint(model, workdir, config)
+  names = hf_class_names(path)
+  if names and len(names) == config.model.num_classes and jax.process_index() == 0:
+    with open(os.path.join(workdir, CLASS_NAMES), 'w') as f:
+      json.dump(names, f, indent=0)
   num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
   logging.info('Converted %s (%d parameters) into %s.', path, num_params, directory)
   return {'checkpoint': directory, 'num_params': num_params}
