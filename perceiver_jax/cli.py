@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import sys
@@ -90,14 +91,23 @@ def _eval(argv) -> None:
   _run(go)
 
 
+def _parser(usage: str, shown: tuple[str, ...] | None = None):
+  """A flags_parser whose --help starts with `usage` ({prog}: the program's name)."""
+  return functools.partial(parse_or_exit, usage=usage, shown=shown)
+
+
 def train_main() -> None:
-  app.run(_train, flags_parser=parse_or_exit)
+  app.run(_train, flags_parser=_parser(
+      'Trains a Perceiver; rerunning the same command resumes from the newest checkpoint.\n\n'
+      'usage: {prog} --config=FILE[:VARIANT] --workdir=DIR [--config.FIELD=VALUE ...]'))
 
 
 def eval_main() -> None:
   flags.DEFINE_integer('step', None, 'Checkpoint step to evaluate (default: the latest).')
   flags.DEFINE_string('split', None, 'Split to evaluate (default: config.data.eval_split).')
-  app.run(_eval, flags_parser=parse_or_exit)
+  app.run(_eval, flags_parser=_parser(
+      'Evaluates a checkpoint of a workdir and writes WORKDIR/eval_<step>.json.\n\n'
+      'usage: {prog} --workdir=DIR [--config=FILE[:VARIANT]] [--step=N] [--split=SPLIT]'))
 
 
 def _convert(argv) -> None:
@@ -119,7 +129,9 @@ def convert_main() -> None:
   flags.DEFINE_string('input', None, 'Released weights: HF .safetensors/.bin or DeepMind .pkl.')
   flags.DEFINE_enum('format', 'auto', ['auto', 'hf', 'haiku'],
                     'Checkpoint naming: Hugging Face, DeepMind Haiku, or detect from the keys.')
-  app.run(_convert, flags_parser=parse_or_exit)
+  app.run(_convert, flags_parser=_parser(
+      'Converts released Perceiver weights into an Orbax checkpoint in WORKDIR.\n\n'
+      'usage: {prog} --config=FILE --input=WEIGHTS --workdir=DIR [--format=auto|hf|haiku]'))
 
 
 def _report(argv) -> None:
@@ -136,4 +148,6 @@ def _report(argv) -> None:
 
 
 def report_main() -> None:
-  app.run(_report)
+  app.run(_report, flags_parser=_parser(
+      'Plots and summarises a run: writes WORKDIR/report/ (a PNG per metric, README.md).\n\n'
+      'usage: {prog} WORKDIR', shown=('workdir',)))

@@ -9,6 +9,9 @@ when it fails, works out which flag is wrong and says how to fix it:
   --config.train.batch_size=ab -> names the field's type and current value
   --config=configs/nope.py     -> lists the config files next to it
   --config=configs/x.py:foo=1  -> the config's own message about its variant keys
+
+`--help` lists the program's own flags (those defined in perceiver_jax), one line each,
+and exits 0; `--helpfull` keeps absl's list of every flag.
 """
 
 from __future__ import annotations
@@ -223,10 +226,56 @@ def parse(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) -> list[
     raise UserError(explain(argv, e, flag_values)) from None
 
 
-def parse_or_exit(argv: list[str]) -> list[str]:
-  """absl `app.run(..., flags_parser=parse_or_exit)`: prints 'error: ...' and exits 2."""
+HELP_ARGS = ('--help', '-help', '-h', '-?', '--helpshort', '-helpshort')
+FULL_HELP_ARGS = ('--helpfull', '-helpfull', '--helpxml', '-helpxml')
+
+
+def _wants(argv: list[str], names: tuple[str, ...]) -> bool:
+  args = argv[1:argv.index('--')] if '--' in argv else argv[1:]
+  return any(arg in names for arg in args)
+
+
+def _flag_line(flag) -> str:
+  default = flag.default
+  shown = '' if default is None or default == '' else f' (default: {default})'
+  return f'  --{flag.name}: {_one_line(flag.help)}{shown}'
+
+
+def own_help(prog: str, usage: str | None = None, shown: tuple[str, ...] | None = None,
+             flag_values: flags.FlagValues = flags.FLAGS) -> str:
+  """The --help text: usage, then every flag defined in perceiver_jax (or only `shown`),
+  one line each. absl's own --help lists only flags of the __main__ module: none here."""
+  lines = [(usage or 'usage: {prog} [flags]').format(prog=prog), '', 'flags:']
+  for module, module_flags in flag_values.flags_by_module_dict().items():
+    if not module.startswith('perceiver_jax'):
+      continue
+    for flag in module_flags:
+      if shown is None or flag.name in shown:
+        lines.append(_flag_line(flag))
+        if flag.name == CONFIG_FLAG:
+          lines.append(f'  --{CONFIG_FLAG}.FIELD=VALUE: overrides one field of the config, '
+                       f'e.g. --{CONFIG_FLAG}.train.num_steps=100 (fields and defaults: '
+                       'configs/common.py).')
+  lines.append('  --helpfull: every flag, with those of absl and the libraries.')
+  return '\n'.join(lines)
+
+
+def parse_or_exit(argv: list[str], usage: str | None = None,
+                  shown: tuple[str, ...] | None = None) -> list[str]:
+  """absl `app.run(..., flags_parser=parse_or_exit)`: prints 'error: ...' and exits 2.
+
+  --help prints `own_help` (usage: a template with {prog}; shown: the flags to list, default
+  all of perceiver_jax's) and exits 0, as does absl's --helpfull.
+  """
+  if _wants(argv, HELP_ARGS):
+    print(own_help(os.path.basename(argv[0]), usage, shown))
+    sys.exit(0)
   try:
     return parse(argv)
   except UserError as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
+  except SystemExit as e:
+    if e.code == 1 and _wants(argv, FULL_HELP_ARGS):  # absl exits 1 after printing its help
+      sys.exit(0)
+    raise
