@@ -7,7 +7,7 @@ when it fails, works out which flag is wrong and says how to fix it:
   --config.train.batchsize=1   -> names the field and the closest valid ones (difflib)
   --config.data.mask_prob=0.2  -> a field that moved: names its new place (MOVED_TABLES)
   --config.train.batch_size=ab -> names the field's type and current value
-  --config=configs/nope.py     -> lists the config files next to it
+  --config=configs/nope.py     -> lists the config files next to it (or the packaged ones)
   --config=configs/x.py:foo=1  -> the config's own message about its variant keys
 
 `--help` lists the program's own flags (those defined in perceiver_jax), one line each,
@@ -29,6 +29,8 @@ from perceiver_jax.model.build import MOVED_MODEL_FLAGS
 from perceiver_jax.moved_flags import MOVED_FLAGS
 
 CONFIG_FLAG = 'config'
+# The experiment configs shipped inside the package (the repository's configs/ links here).
+PACKAGED_CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configs')
 # Every table of moved config fields (old path -> new path, below `config.`) an override
 # is checked against, first match wins.
 # old dotted path -> its new path, or a sentence saying where it lives now.
@@ -62,16 +64,55 @@ def _overrides(argv: list[str]) -> list[tuple[str, str]]:
   return out
 
 
-def _config_files_near(path: str) -> str:
-  folder = os.path.dirname(path) or '.'
-  if not os.path.isdir(folder):
-    folder = 'configs'
+def packaged_config(path: str) -> str | None:
+  """The packaged file a relative configs/... path names when the current directory has no
+  such file (perceiver-train run outside the repository), else None."""
+  parts = os.path.normpath(path).split(os.sep)
+  if os.path.isabs(path) or os.path.exists(path) or parts[0] != 'configs':
+    return None
+  found = os.path.join(PACKAGED_CONFIGS, *parts[1:])
+  return found if os.path.isfile(found) else None
+
+
+def resolve_config_paths(argv: list[str]) -> list[str]:
+  """argv with a --config=configs/X.py[:variant] that is missing from the current directory
+  pointed at the packaged configs/X.py."""
+  out = list(argv)
+  for i, arg in enumerate(out[1:], 1):
+    if arg == '--':
+      break
+    if arg.startswith(f'--{CONFIG_FLAG}='):
+      at, prefix, spec = i, f'--{CONFIG_FLAG}=', arg.split('=', 1)[1]
+    elif arg == f'--{CONFIG_FLAG}' and i + 1 < len(out):
+      at, prefix, spec = i + 1, '', out[i + 1]
+    else:
+      continue
+    path, colon, variant = spec.partition(':')
+    found = packaged_config(path)
+    if found:
+      out[at] = f'{prefix}{found}{colon}{variant}'
+  return out
+
+
+def _experiment_files(folder: str) -> list[str]:
   try:
-    names = sorted(n for n in os.listdir(folder)
-                   if n.endswith('.py') and not n.startswith('_') and n != 'common.py')
+    return sorted(n for n in os.listdir(folder)
+                  if n.endswith('.py') and not n.startswith('_') and n != 'common.py')
   except OSError:
-    names = []
-  return ', '.join(os.path.join(folder, n) for n in names) or 'configs/digits.py'
+    return []
+
+
+def _config_files_near(path: str) -> str:
+  """The experiment files beside a missing config file, or the packaged ones (which
+  configs/NAME.py finds from any directory) where that folder does not exist."""
+  folder = os.path.dirname(os.path.normpath(path)) or '.'
+  shown = folder
+  if not os.path.isdir(folder):
+    parts = folder.split(os.sep)
+    inner = os.path.join(PACKAGED_CONFIGS, *parts[1:]) if parts[0] == 'configs' else ''
+    folder, shown = (inner, folder) if os.path.isdir(inner) else (PACKAGED_CONFIGS, 'configs')
+  names = _experiment_files(folder)
+  return ', '.join(os.path.join(shown, n) for n in names) or 'configs/digits.py'
 
 
 def _load_config(spec: str):
@@ -80,9 +121,11 @@ def _load_config(spec: str):
   if not path:
     raise UserError('--config is empty; pass an experiment file, e.g. '
                     '--config=configs/digits.py.')
+  path = packaged_config(path) or path
   if not os.path.isfile(path):
     what = 'is a directory' if os.path.isdir(path) else 'does not exist'
-    raise UserError(f'Config file {path} {what}; pass one of: {_config_files_near(path)}.')
+    raise UserError(f'Config file {path} {what}; pass one of: {_config_files_near(path)} '
+                    '(configs/NAME.py finds the packaged configs from any directory).')
   try:
     module_spec = importlib.util.spec_from_file_location('_checked_config', path)
     module = importlib.util.module_from_spec(module_spec)
@@ -213,9 +256,10 @@ def explain(argv: list[str], error: Exception,
 
 
 def parse(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) -> list[str]:
-  """`flag_values(argv)`, every failure raised as a one-sentence `UserError`."""
+  """`flag_values(argv)`, every failure raised as a one-sentence `UserError`; a relative
+  --config=configs/X.py resolves to the packaged file from any directory."""
   try:
-    args = flag_values(argv)
+    args = flag_values(resolve_config_paths(argv))
     config = flag_values[CONFIG_FLAG].value if CONFIG_FLAG in flag_values else None
     if config is not None:
       config.keys()  # a file that failed to load raises here (ml_collections defers it)
