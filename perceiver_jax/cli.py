@@ -10,6 +10,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
+from perceiver_jax import flag_parsing, workdir_config
 from perceiver_jax.errors import UserError
 from perceiver_jax.flag_parsing import parse_or_exit  # flag errors: one sentence, exit 2
 
@@ -52,10 +53,11 @@ def _run(fn) -> None:
 
 
 def _require_flags() -> None:
-  if FLAGS.config is None:
-    raise UserError('--config is required, e.g. --config=configs/digits.py.')
+  # --workdir first: eval.py finds the config in it.
   if not FLAGS.workdir:
     raise UserError('--workdir is required: the directory for checkpoints and metrics.')
+  if FLAGS.config is None:
+    raise UserError('--config is required, e.g. --config=configs/digits.py.')
 
 
 def _start() -> None:
@@ -67,6 +69,14 @@ def _start() -> None:
                     FLAGS.distributed)
 
 
+def _print_summary(result: dict) -> None:
+  """Final metrics and where the checkpoint, eval JSON and report are (process 0)."""
+  import jax
+  from perceiver_jax import run_summary
+  if jax.process_index() == 0:
+    print(run_summary.summarize(FLAGS.workdir, result))
+
+
 def _train(argv) -> None:
   del argv
   _setup_logging()
@@ -75,7 +85,8 @@ def _train(argv) -> None:
     _start()
     from perceiver_jax import trainer  # heavy imports after flag parsing
     metrics = trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    print(json.dumps({'final_eval': metrics}))
+    _print_summary(metrics)
+    print(json.dumps({'final_eval': metrics}))  # the last line: for scripts
   _run(go)
 
 
@@ -87,13 +98,15 @@ def _eval(argv) -> None:
     _start()
     from perceiver_jax import evaluator
     result = evaluator.evaluate(FLAGS.config, FLAGS.workdir, step=FLAGS.step, split=FLAGS.split)
+    _print_summary(result)
     print(json.dumps(result))
   _run(go)
 
 
-def _parser(usage: str, shown: tuple[str, ...] | None = None):
-  """A flags_parser whose --help starts with `usage` ({prog}: the program's name)."""
-  return functools.partial(parse_or_exit, usage=usage, shown=shown)
+def _parser(usage: str, **kwargs):
+  """A flags_parser whose --help starts with `usage` ({prog}: the program's name); kwargs:
+  those of parse_or_exit."""
+  return functools.partial(parse_or_exit, usage=usage, **kwargs)
 
 
 def train_main() -> None:
@@ -102,12 +115,24 @@ def train_main() -> None:
       'usage: {prog} --config=FILE[:VARIANT] --workdir=DIR [--config.FIELD=VALUE ...]'))
 
 
+def _workdir_config(argv: list[str]) -> str | None:
+  """eval.py without --config: the config the workdir was trained with, as a --config value
+  (workdir_config.get_config), so that --config.x=y overrides apply to it."""
+  workdir = flag_parsing.flag_value(argv, 'workdir')
+  if not workdir:
+    return None  # _require_flags asks for the flags
+  workdir_config.read(workdir)  # missing or unreadable: its one sentence, before any parsing
+  return f'{workdir_config.__file__}:{workdir}'
+
+
 def eval_main() -> None:
   flags.DEFINE_integer('step', None, 'Checkpoint step to evaluate (default: the latest).')
   flags.DEFINE_string('split', None, 'Split to evaluate (default: config.data.eval_split).')
   app.run(_eval, flags_parser=_parser(
       'Evaluates a checkpoint of a workdir and writes WORKDIR/eval_<step>.json.\n\n'
-      'usage: {prog} --workdir=DIR [--config=FILE[:VARIANT]] [--step=N] [--split=SPLIT]'))
+      'usage: {prog} --workdir=DIR [--config=FILE[:VARIANT]] [--step=N] [--split=SPLIT]\n'
+      'Without --config it uses the config the workdir was trained with (config.json).',
+      default_config=_workdir_config))
 
 
 def _convert(argv) -> None:

@@ -21,6 +21,7 @@ import importlib.util
 import os
 import re
 import sys
+from typing import Callable
 
 from absl import flags
 
@@ -41,15 +42,17 @@ def _one_line(text: str) -> str:
   return ' '.join(str(text).split())
 
 
-def _config_spec(argv: list[str]) -> str | None:
-  """The value of --config (last one wins, as in absl), or None."""
-  spec = None
+def flag_value(argv: list[str], name: str) -> str | None:
+  """The value of --name in argv (last one wins, as in absl), or None."""
+  value = None
   for i, arg in enumerate(argv[1:], 1):
-    if arg.startswith(f'--{CONFIG_FLAG}='):
-      spec = arg.split('=', 1)[1]
-    elif arg == f'--{CONFIG_FLAG}' and i + 1 < len(argv):
-      spec = argv[i + 1]
-  return spec
+    if arg == '--':
+      break
+    if arg.startswith(f'--{name}='):
+      value = arg.split('=', 1)[1]
+    elif arg == f'--{name}' and i + 1 < len(argv):
+      value = argv[i + 1]
+  return value
 
 
 def _overrides(argv: list[str]) -> list[tuple[str, str]]:
@@ -223,7 +226,7 @@ def explain(argv: list[str], error: Exception,
     argv = flag_values.read_flags_from_files(argv, force_gnu=False)
   except Exception:  # a missing flag file: the error itself says so
     pass
-  spec = _config_spec(argv)
+  spec = flag_value(argv, CONFIG_FLAG)
   config = None
   if spec is not None:
     config = _load_config(spec)  # raises its own sentence for a missing or broken file
@@ -305,16 +308,23 @@ def own_help(prog: str, usage: str | None = None, shown: tuple[str, ...] | None 
 
 
 def parse_or_exit(argv: list[str], usage: str | None = None,
-                  shown: tuple[str, ...] | None = None) -> list[str]:
+                  shown: tuple[str, ...] | None = None,
+                  default_config: Callable[[list[str]], str | None] | None = None) -> list[str]:
   """absl `app.run(..., flags_parser=parse_or_exit)`: prints 'error: ...' and exits 2.
 
   --help prints `own_help` (usage: a template with {prog}; shown: the flags to list, default
-  all of perceiver_jax's) and exits 0, as does absl's --helpfull.
+  all of perceiver_jax's) and exits 0, as does absl's --helpfull. Without --config,
+  `default_config(argv)` may name the config file to load (a --config value), so that
+  --config.x=y overrides apply to it.
   """
   if _wants(argv, HELP_ARGS):
     print(own_help(os.path.basename(argv[0]), usage, shown))
     sys.exit(0)
   try:
+    if default_config is not None:
+      expanded = flags.FLAGS.read_flags_from_files(argv, force_gnu=False)
+      spec = None if flag_value(expanded, CONFIG_FLAG) else default_config(expanded)
+      argv = [argv[0], f'--{CONFIG_FLAG}={spec}', *argv[1:]] if spec else argv
     return parse(argv)
   except UserError as e:
     print(f'error: {e}', file=sys.stderr)
