@@ -10,7 +10,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from perceiver_jax import flag_parsing, workdir_config
+from perceiver_jax import flag_parsing, orbax_logs, workdir_config
 from perceiver_jax.errors import UserError
 from perceiver_jax.flag_parsing import parse_or_exit  # flag errors: one sentence, exit 2
 
@@ -41,6 +41,7 @@ def _setup_logging() -> None:
   logging.getLogger().setLevel(logging.INFO)
   for noisy in ('absl', 'orbax', 'jax._src', 'tensorflow_datasets', 'grain'):
     logging.getLogger(noisy).setLevel(logging.WARNING)
+  orbax_logs.silence_routine_warnings()  # Orbax's on every restore; real warnings still show
 
 
 def _run(fn) -> None:
