@@ -52,3 +52,10 @@ def read(workdir: str) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict(_tuples(fields))
   config.lock()
   return config
+
+
+def get_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config-file entry point: --config=PATH/workdir_config.py:WORKDIR loads the workdir's
+  config through the config flag, so --config.x=y overrides apply to it (eval.py without
+  --config)."""
+  return read(workdir)

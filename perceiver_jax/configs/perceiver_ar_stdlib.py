@@ -17,7 +17,7 @@ Variants (configs/perceiver_ar_stdlib.py:context=4096,steps=N):
   runlocal     python_stdlib/packed_tiny (513-byte windows), a tiny model, a few steps
 """
 
-from configs import common
+from perceiver_jax.configs import common
 from perceiver_jax import tasks
 from perceiver_jax.model.build import perceiver_ar_model_config
 
