@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -9,14 +10,15 @@ import os
 import jax
 
 from perceiver_jax import checkpoint as ckpt
-from perceiver_jax import steps
+from perceiver_jax import config_changes, steps
 from perceiver_jax.metrics_log import format_metrics
 from perceiver_jax.run import Run
 from perceiver_jax.telemetry import Telemetry
 
 
 def evaluate(config, workdir: str, step: int | None = None, split: str | None = None) -> dict:
-  """Evaluates the checkpoint at `step` (default: latest) and writes WORKDIR/eval_<step>.json.
+  """Evaluates the checkpoint at `step` (default: latest) and writes WORKDIR/eval_<step>.json,
+  or, under settings other than training's, eval_<step>.<id>.json (result_name).
 
   The mesh comes from this run's config and devices, not the training run's: Orbax
   restores each array straight into the sharding this mesh wants. No optimizer is built:
@@ -30,7 +32,11 @@ def evaluate(config, workdir: str, step: int | None = None, split: str | None = 
 
   # Weights only: the optimizer state is neither needed nor (for converted models) present.
   params, model_state = run.abstract_weights()
+  # Another model is named by its first misfit parameter and both shapes.
   ckpt.check_compatible(manager, step, params)
+  # Other eval settings than training's must be asked for, and never replace its result.
+  changes, trained_split = config_changes.check_eval(workdir, config, step)
+  name = result_name(step, split, changes, trained_split or config.data.eval_split)
   params, model_state = ckpt.restore_weights(ckpt.state_path(manager, step), params,
                                              model_state)
   ckpt.log_restored(step, workdir)
@@ -42,8 +48,19 @@ def evaluate(config, workdir: str, step: int | None = None, split: str | None = 
   scalars = telemetry.run(step, params, model_state, split) if telemetry else {}
 
   result = {'step': step, 'split': split, **metrics, **scalars}
+  if changes:
+    result['config_changes'] = {path: list(change) for path, change in changes.items()}
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, f'eval_{step}.json'), 'w') as f:
+    with open(os.path.join(workdir, name), 'w') as f:
       json.dump(result, f, indent=2)
-    logging.info('eval of step %d on %s: %s', step, split, format_metrics(metrics))
+    logging.info('eval of step %d on %s: %s (%s)', step, split, format_metrics(metrics), name)
   return result
+
+
+def result_name(step: int, split: str, changes: dict, trained_split: str) -> str:
+  """eval_<step>.json for training's settings; otherwise a name of their own, the same for
+  the same settings, so a rerun replaces only its own earlier result."""
+  if not changes and split == trained_split:
+    return f'eval_{step}.json'
+  settings = json.dumps({'split': split, 'changes': changes}, sort_keys=True)
+  return f'eval_{step}.{hashlib.sha1(settings.encode()).hexdigest()[:8]}.json'

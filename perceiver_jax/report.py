@@ -49,7 +49,10 @@ def load_run(workdir: str) -> dict:
   for (split, _), record in sorted(latest.items(), key=lambda kv: kv[0][1]):
     by_split.setdefault(split, []).append(record)
   evals = []
+  # eval_<step>.json only: eval_<step>.<id>.json were made under other settings.
   for name in glob.glob(os.path.join(workdir, 'eval_*.json')):
+    if not re.fullmatch(r'eval_\d+\.json', os.path.basename(name)):
+      continue
     loaded = _read_json(name)
     if isinstance(loaded, dict) and 'step' in loaded:
       evals.append(loaded)
