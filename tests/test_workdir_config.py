@@ -28,3 +28,42 @@ def test_bad_config_json_is_one_sentence(content, phrase, tmp_path):
     (tmp_path / 'config.json').write_text(content)
   with pytest.raises(UserError, match=phrase):
     workdir_config.read(str(tmp_path))
+
+
+def _changes(**overrides):
+  from perceiver_jax import config_changes
+  from tests.helpers import set_dotted, tiny_mnist1d_config
+  old = tiny_mnist1d_config()
+  new = set_dotted(tiny_mnist1d_config(), overrides)
+  return config_changes.differences(old, new), old
+
+
+@pytest.mark.parametrize('overrides, resume, evaluation', [
+    # Where data is read from, cadence, mesh and eval batch change nothing that is learned.
+    ({'data.data_dir': '/elsewhere', 'train.log_every_steps': 7, 'mesh.data': 2,
+      'checkpoint.keep': 9, 'eval.batch_size': 8, 'allow_changes': 'x'}, [], []),
+    ({'train.num_steps': 9}, ['train.num_steps'], []),
+    ({'optimizer.schedule': 'constant', 'train.num_steps': 9},
+     ['train.num_steps', 'optimizer.schedule'], []),
+    ({'data.augment': '', 'model.encoder.dropout_prob': 0.0},
+     ['data.augment', 'model.encoder.dropout_prob'], []),
+    ({'data.normalize': (0.5, 1.0), 'task.label_smoothing': 0.1},
+     ['task.label_smoothing', 'data.normalize'], ['task.label_smoothing', 'data.normalize']),
+])
+def test_which_changes_need_asking(overrides, resume, evaluation):
+  from perceiver_jax import config_changes
+  changes, old = _changes(**overrides)
+  assert sorted(config_changes.resume_relevant(changes, old)) == sorted(resume)
+  assert sorted(config_changes.eval_relevant(changes)) == sorted(evaluation)
+
+
+def test_num_steps_changes_freely_under_a_constant_schedule():
+  from perceiver_jax import config_changes
+  from tests.helpers import tiny_mnist1d_config
+  old = tiny_mnist1d_config(**{'optimizer.schedule': 'constant'})
+  new = tiny_mnist1d_config(**{'optimizer.schedule': 'constant', 'train.num_steps': 9})
+  assert config_changes.resume_relevant(config_changes.differences(old, new), old) == {}
+  # A section named in allow_changes covers its fields.
+  new.allow_changes = 'optimizer, data.normalize'
+  assert config_changes.unacknowledged({'optimizer.b1': (0.9, 0.8), 'data.name': ('a', 'b')},
+                                       new) == {'data.name': ('a', 'b')}
