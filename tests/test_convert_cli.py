@@ -1,6 +1,8 @@
 """convert.py: released weights -> Orbax checkpoint -> the same outputs after restoring it."""
 
 import os
+import pickle
+import struct
 
 import jax
 import jax.numpy as jnp
@@ -99,3 +101,54 @@ def test_a_file_that_is_not_a_perceiver_checkpoint_is_refused(tmp_path):
   save_file({'encoder.layer.0.weight': np.zeros((2, 2), np.float32)}, path)
   with pytest.raises(UserError, match='neither a Hugging Face Perceiver state dict'):
     to_checkpoint.convert_weights(_tiny_language_config(), path)
+
+
+def _haiku_pickle() -> bytes:
+  return pickle.dumps({'perceiver_encoder/~/cross_attention': {'w': np.ones((64, 64),
+                                                                              np.float32)}})
+
+
+# (file name, its bytes or how to make them from the fixture's safetensors, the sentence).
+DAMAGED_FILES = [
+    ('x.pkl', b'', "'{}' is empty (0 bytes), not a Haiku/PyTorch checkpoint; download it again"),
+    ('x.pkl', lambda st: _haiku_pickle()[:2000],
+     "is truncated or not a Haiku/PyTorch checkpoint (UnpicklingError: pickle data was "
+     "truncated)"),
+    ('x.pkl', bytes(range(256)) * 4, 'is truncated or not a Haiku/PyTorch checkpoint ('),
+    # Length fields no memory can hold.
+    ('x.pkl', b'\x80\x04\x8e' + struct.pack('<Q', 2**62) + b'x', '(MemoryError: MemoryError)'),
+    ('x.pkl', b'\x80\x04\x8e' + struct.pack('<Q', 2**64 - 1) + b'x', '(OverflowError: BINBYTES'),
+    ('x.safetensors', b'', "is empty (0 bytes), not a safetensors checkpoint"),
+    ('x.safetensors', bytes(range(256)) * 4, 'is truncated or not a safetensors checkpoint'),
+    ('x.safetensors', lambda st: st[:len(st) // 2], 'is truncated or not a safetensors '),
+    ('x.bin', bytes(range(256)), 'is not a zip-format PyTorch checkpoint'),
+    ('x.npz', bytes(range(256)), 'is truncated or not a numpy .npz checkpoint'),
+]
+
+
+@pytest.mark.parametrize('name,content,fragment', DAMAGED_FILES,
+                         ids=[f'{c[0]}-{i}' for i, c in enumerate(DAMAGED_FILES)])
+def test_a_damaged_file_is_one_sentence(name, content, fragment, safetensors_file, tmp_path):
+  path = tmp_path / name
+  if callable(content):
+    with open(safetensors_file, 'rb') as f:
+      content = content(f.read())
+  path.write_bytes(content)
+  with pytest.raises(UserError) as e:
+    to_checkpoint.convert_weights(_tiny_language_config(), str(path))
+  message = str(e.value)
+  assert fragment.format(path) in message, message
+  assert '\n' not in message and len(message) < 400 and message.endswith('.'), message
+
+
+def test_convert_py_on_an_empty_file_exits_2_and_writes_nothing(tmp_path):
+  (tmp_path / 'x.pkl').write_bytes(b'')
+  workdir = tmp_path / 'w'
+  proc = run_main('convert.py', ['--config=configs/pretrained/language_perceiver.py',
+                                 f'--input={tmp_path / "x.pkl"}', f'--workdir={workdir}'],
+                  check=False)
+  assert proc.returncode == 2 and 'Traceback' not in proc.stderr, proc.stderr[-3000:]
+  errors = [line for line in proc.stderr.splitlines() if line.startswith('error: ')]
+  assert errors == [f"error: '{tmp_path / 'x.pkl'}' is empty (0 bytes), not a Haiku/PyTorch "
+                    'checkpoint; download it again.']
+  assert not workdir.exists()
