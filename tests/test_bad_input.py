@@ -181,6 +181,58 @@ def test_workdir_that_cannot_be_written(data_dir, tmp_path, monkeypatch):
   assert a_file.read_text() == 'keep me'
 
 
+def _garble_dataset_info(data_dir, tmp_path, content):
+  """A copy of data_dir whose mnist1d/plain dataset_info.json holds `content`."""
+  copy = tmp_path / 'tfds'
+  shutil.copytree(data_dir, copy)
+  (info,) = copy.glob('mnist1d/plain/*/dataset_info.json')
+  info.write_text(content)
+  return str(copy), str(info)
+
+
+@pytest.mark.parametrize('case', ['data_dir is a file', 'data_dir under a file',
+                                  'TFDS_DATA_DIR is a file', 'TFDS_DATA_DIR unreachable',
+                                  'workdir name too long', 'garbage dataset_info.json',
+                                  'empty dataset_info.json', 'dataset_info.json not an object'])
+def test_file_system_errors_are_one_sentence(case, data_dir, tmp_path, monkeypatch):
+  a_file = tmp_path / 'a_file'
+  a_file.write_text('keep me')
+  workdir, flags, fragment = tmp_path / 'run', [f'--config.data.data_dir={data_dir}'], None
+  if case == 'data_dir is a file':
+    flags = [f'--config.data.data_dir={a_file}']
+    fragment = f'config.data.data_dir={a_file} is a file, not a directory; point it at a TFDS'
+  elif case == 'data_dir under a file':
+    flags = [f'--config.data.data_dir={a_file}/tfds']
+    fragment = f'tfds lies under {a_file}, which is a file, not a directory'
+  elif case.startswith('TFDS_DATA_DIR'):
+    flags = []
+    unreachable = case.endswith('unreachable')
+    value = '/proc/no_such_mount/tfds' if unreachable else str(a_file)
+    monkeypatch.setenv('TFDS_DATA_DIR', value)
+    fragment = (f"data_dir '{value}' cannot be created (No such file or directory); set "
+                'config.data.data_dir (or $TFDS_DATA_DIR)' if unreachable else
+                f'$TFDS_DATA_DIR={a_file} is a file, not a directory')
+  elif case == 'workdir name too long':
+    workdir = tmp_path / ('w' * 300) / 'run'
+    fragment = ('--workdir has a folder name of 300 bytes (wwwwwwwwwwwwwwwwwwwwwwww...), longer '
+                'than this file system allows')
+  else:
+    content = {'garbage': '{"name": "mnist1d", ', 'empty': '', 'dataset_info.json': '[1, 2]'}[
+        case.split()[0]]
+    copy, info = _garble_dataset_info(data_dir, tmp_path, content)
+    flags = [f'--config.data.data_dir={copy}']
+    fragment = (f"Dataset 'mnist1d/plain' is prepared in data_dir '{copy}', but its {info} "
+                f'cannot be read (')
+  argv = ['train.py', CONFIG, f'--workdir={workdir}', '--config.train.batch_size=16', *flags]
+  with pytest.raises(UserError) as e:
+    _cli_checks(argv, monkeypatch)
+  message = str(e.value)
+  assert fragment in message and '\n' not in message and message.endswith('.'), message
+  assert 'unknown config' not in message
+  # Nothing created (a name too long cannot even be asked about).
+  assert set(os.listdir(tmp_path)) <= {'a_file', 'tfds'} and a_file.read_text() == 'keep me'
+
+
 @pytest.mark.parametrize('overrides,fragment', [
     ({'model.encoder.num_self_attend_heads': 3}, 'not divisible by num_self_attend_heads=3'),
     ({'data.eval_split': 'dev'}, "Split 'dev' does not exist"),
