@@ -1,5 +1,6 @@
 """convert.py: released weights -> Orbax checkpoint -> the same outputs after restoring it."""
 
+import logging
 import os
 import pickle
 import struct
@@ -11,10 +12,10 @@ import pytest
 from flax import nnx
 from safetensors.numpy import save_file
 
-from configs.pretrained import language_perceiver
+from configs.pretrained import language_perceiver, vision_perceiver_conv
 from perceiver_jax import checkpoint as ckpt
 from perceiver_jax import sharding as shd
-from perceiver_jax.convert import to_checkpoint
+from perceiver_jax.convert import released, to_checkpoint
 from perceiver_jax.errors import UserError
 from perceiver_jax.model.build import build_model
 from tests.helpers import assert_matches_reference, run_main
@@ -152,3 +153,38 @@ def test_convert_py_on_an_empty_file_exits_2_and_writes_nothing(tmp_path):
   assert errors == [f"error: '{tmp_path / 'x.pkl'}' is empty (0 bytes), not a Haiku/PyTorch "
                     'checkpoint; download it again.']
   assert not workdir.exists()
+
+
+def test_conversion_reports_the_blocks_it_cannot_read_from_the_weights(safetensors_file,
+                                                                       tmp_path, caplog):
+  config = _tiny_language_config()
+  with caplog.at_level(logging.INFO):
+    summary = to_checkpoint.convert_to_checkpoint(config, safetensors_file, str(tmp_path))
+  encoder = config.model.encoder
+  assert summary['encoder'] == {
+      'num_blocks': encoder.num_blocks, 'cross_attends': 1,
+      'self_attends_per_block': encoder.num_self_attends_per_block,
+      'latents': (encoder.num_latents, encoder.num_latent_channels)}
+  assert summary['released_configs'] == []  # a tiny test model
+  text = '\n'.join(r.getMessage() for r in caplog.records)
+  assert (f"encoder: {encoder.num_blocks} block{'s' * (encoder.num_blocks != 1)} of "
+          f'{encoder.num_self_attends_per_block} self-attends') in text
+  assert "matches no released config in configs/pretrained/ of family 'language'" in text
+
+
+@pytest.mark.parametrize('num_blocks', [8, 4])
+def test_a_released_layout_is_named_with_its_num_blocks(num_blocks):
+  # The released conv model's weights fit a config of any block count.
+  config = vision_perceiver_conv.get_config()
+  config.model.encoder.num_blocks = num_blocks
+  shape = released.model_input_shape(config)
+  model = nnx.eval_shape(lambda: build_model(config.model, input_shape=shape,
+                                             rngs=nnx.Rngs(0)))
+  matches = released.matching(model, config, shape)
+  assert [name for name, _ in matches] == ['vision_perceiver_conv']
+  sentence = released.describe(config, matches)
+  assert sentence.startswith('The parameter layout matches configs/pretrained/'
+                             'vision_perceiver_conv.py (num_blocks=8); this config has '
+                             f'num_blocks={num_blocks}')
+  assert ('--config.model.encoder.num_blocks to the released value' in sentence) == (
+      num_blocks != 8)
