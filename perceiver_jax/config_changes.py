@@ -146,10 +146,21 @@ def _trained_with(workdir: str, step: int):
   return os.path.basename(file), workdir_config.read(workdir, file)
 
 
+def _comparable(name: str, old, config) -> bool:
+  """False (with a warning) when the two configs have different fields: the workdir was
+  written by another version of perceiver_jax, whose fields may mean other things."""
+  absent = [p for p, (a, b) in differences(old, config).items() if ABSENT in (a, b)]
+  if absent:
+    logging.warning('%s was written by another version of perceiver_jax (%d fields differ, '
+                    'e.g. %s); config changes are not checked against it.', name, len(absent),
+                    absent[0])
+  return not absent
+
+
 def check_resume(workdir: str, config, step: int) -> None:
   """Refuses, in one sentence, a resume at `step` that changes the recipe silently."""
   name, old = _trained_with(workdir, step)
-  if old is None:
+  if old is None or not _comparable(name, old, config):
     return
   refused = unacknowledged(resume_relevant(differences(old, config), old), config)
   if refused:
@@ -188,7 +199,7 @@ def check_eval(workdir: str, config, step: int) -> tuple[dict, str | None]:
   config's eval split); None for the split of a workdir written before configs were kept.
   Refuses unacknowledged changes in one sentence."""
   name, old = _trained_with(workdir, step)
-  if old is None:
+  if old is None or not _comparable(name, old, config):
     return {}, None
   changes = eval_relevant(differences(old, config))
   refused = unacknowledged(changes, config)

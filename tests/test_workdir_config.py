@@ -67,3 +67,21 @@ def test_num_steps_changes_freely_under_a_constant_schedule():
   new.allow_changes = 'optimizer, data.normalize'
   assert config_changes.unacknowledged({'optimizer.b1': (0.9, 0.8), 'data.name': ('a', 'b')},
                                        new) == {'data.name': ('a', 'b')}
+
+
+def test_a_config_of_another_version_is_not_compared(tmp_path, caplog):
+  from perceiver_jax import config_changes
+  from tests.helpers import tiny_mnist1d_config
+  old = tiny_mnist1d_config(**{'data.normalize': (0.5, 1.0)})
+  workdir_config.write(str(tmp_path), old)
+  new = tiny_mnist1d_config()
+  with pytest.raises(UserError, match=r'in data.normalize: \(0.5, 1.0\) -> \(0.0, 1.0\);'):
+    config_changes.check_eval(str(tmp_path), new, 5)
+  # The same file from a version whose configs had other fields (fields mean other things).
+  (tmp_path / 'config.json').write_text(
+      (tmp_path / 'config.json').read_text().replace('"train": {', '"train": {"old": 1, '))
+  with caplog.at_level('WARNING'):
+    assert config_changes.check_eval(str(tmp_path), new, 5) == ({}, None)
+    config_changes.check_resume(str(tmp_path), new, 5)
+  assert 'written by another version of perceiver_jax (1 fields differ, e.g. train.old)' in (
+      caplog.text)
