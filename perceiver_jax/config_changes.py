@@ -13,7 +13,7 @@ import json
 import logging
 import os
 
-from perceiver_jax import workdir_config
+from perceiver_jax import tasks, workdir_config
 from perceiver_jax.errors import UserError
 
 ABSENT = '<absent>'
@@ -95,10 +95,13 @@ def resume_relevant(changes: dict, old) -> dict:
   return out
 
 
-def eval_relevant(changes: dict) -> dict:
-  """The changes that make an evaluation one of another setting."""
+def eval_relevant(changes: dict, old) -> dict:
+  """The changes that make an evaluation one of another setting; `old`'s task says which
+  of its settings shape training alone."""
+  task = tasks.TASKS.get(as_json(old).get('task', {}).get('name'))
+  free = (*EVAL_FREE, *(f'task.{name}' for name in (task.training_only if task else ())))
   return {path: change for path, change in changes.items()
-          if _under(path, EVAL_COMPARED) and not _under(path, EVAL_FREE)}
+          if _under(path, EVAL_COMPARED) and not _under(path, free)}
 
 
 def allowed(config) -> tuple[str, ...]:
@@ -201,7 +204,7 @@ def check_eval(workdir: str, config, step: int) -> tuple[dict, str | None]:
   name, old = _trained_with(workdir, step)
   if old is None or not _comparable(name, old, config):
     return {}, None
-  changes = eval_relevant(differences(old, config))
+  changes = eval_relevant(differences(old, config), old)
   refused = unacknowledged(changes, config)
   if refused:
     raise UserError(

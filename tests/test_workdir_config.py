@@ -47,14 +47,15 @@ def _changes(**overrides):
      ['train.num_steps', 'optimizer.schedule'], []),
     ({'data.augment': '', 'model.encoder.dropout_prob': 0.0},
      ['data.augment', 'model.encoder.dropout_prob'], []),
+    # Label smoothing shapes the training loss alone (the task says so).
     ({'data.normalize': (0.5, 1.0), 'task.label_smoothing': 0.1},
-     ['task.label_smoothing', 'data.normalize'], ['task.label_smoothing', 'data.normalize']),
+     ['task.label_smoothing', 'data.normalize'], ['data.normalize']),
 ])
 def test_which_changes_need_asking(overrides, resume, evaluation):
   from perceiver_jax import config_changes
   changes, old = _changes(**overrides)
   assert sorted(config_changes.resume_relevant(changes, old)) == sorted(resume)
-  assert sorted(config_changes.eval_relevant(changes)) == sorted(evaluation)
+  assert sorted(config_changes.eval_relevant(changes, old)) == sorted(evaluation)
 
 
 def test_num_steps_changes_freely_under_a_constant_schedule():
@@ -85,3 +86,15 @@ def test_a_config_of_another_version_is_not_compared(tmp_path, caplog):
     config_changes.check_resume(str(tmp_path), new, 5)
   assert 'written by another version of perceiver_jax (1 fields differ, e.g. train.old)' in (
       caplog.text)
+
+
+def test_a_task_names_the_settings_that_shape_training_alone():
+  from configs import flow_skimage
+  from perceiver_jax import config_changes
+  old = flow_skimage.get_config('runlocal')
+  new = flow_skimage.get_config('runlocal')
+  new.task.flip = not old.task.flip
+  new.task.flow_loss = 'l1'
+  changes = config_changes.differences(old, new)
+  assert list(config_changes.eval_relevant(changes, old)) == ['task.flow_loss']
+  assert sorted(config_changes.resume_relevant(changes, old)) == ['task.flip', 'task.flow_loss']
