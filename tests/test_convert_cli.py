@@ -188,3 +188,19 @@ def test_a_released_layout_is_named_with_its_num_blocks(num_blocks):
                              f'num_blocks={num_blocks}')
   assert ('--config.model.encoder.num_blocks to the released value' in sentence) == (
       num_blocks != 8)
+
+
+@pytest.mark.parametrize('workdir,fragment', [
+    ('a_file', 'exists and is not a directory'),
+    ('a_file/run', 'is a file, not a directory; choose another --workdir'),
+    ('w' * 300, '--workdir has a folder name of 300 bytes'),
+])
+def test_a_workdir_that_cannot_be_written_fails_before_reading(workdir, fragment, tmp_path,
+                                                               monkeypatch):
+  (tmp_path / 'a_file').write_text('keep me')
+  monkeypatch.setattr(to_checkpoint, 'load_checkpoint_file', lambda path: pytest.fail('read'))
+  with pytest.raises(UserError, match=fragment):
+    to_checkpoint.convert_to_checkpoint(_tiny_language_config(), str(tmp_path / 'x.pkl'),
+                                        str(tmp_path / workdir))
+  assert sorted(os.listdir(tmp_path)) == ['a_file']
+  assert (tmp_path / 'a_file').read_text() == 'keep me'

@@ -21,7 +21,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from perceiver_jax import checkpoint as ckpt
-from perceiver_jax import workdir_config
+from perceiver_jax import validate, workdir_config
 from perceiver_jax.convert.readers import load_checkpoint_file
 from perceiver_jax.convert import released
 from perceiver_jax.convert.common import assign_params
@@ -103,6 +103,8 @@ def write_checkpoint(model: nnx.Module, workdir: str, config=None) -> str:
 
 def convert_to_checkpoint(config, path: str, workdir: str, fmt: str = 'auto') -> dict:
   """Converts the file at `path` for `config` into WORKDIR; returns a short summary."""
+  # A workdir that cannot be written fails before the file is read.
+  validate.check_workdir(workdir, training=True)
   model = convert_weights(config, path, fmt)
   directory = write_checkpoint(model, workdir, config)
   summary = {'num_params': count_params(model)}
