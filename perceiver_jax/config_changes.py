@@ -146,7 +146,12 @@ def _trained_with(workdir: str, step: int):
   file = workdir_config.path_for_step(workdir, step)
   if file is None:
     return None, None
-  return os.path.basename(file), workdir_config.read(workdir, file)
+  try:
+    return os.path.basename(file), workdir_config.read(workdir, file)
+  except UserError:
+    raise UserError(f'{file} is damaged, so this config cannot be compared with the one step '
+                    f'{step} was trained with; restore the file from a copy, or move it out '
+                    'of the workdir to go on without the comparison.') from None
 
 
 def _comparable(name: str, old, config) -> bool:

@@ -98,3 +98,15 @@ def test_a_task_names_the_settings_that_shape_training_alone():
   changes = config_changes.differences(old, new)
   assert list(config_changes.eval_relevant(changes, old)) == ['task.flow_loss']
   assert sorted(config_changes.resume_relevant(changes, old)) == ['task.flip', 'task.flow_loss']
+
+
+@pytest.mark.parametrize('content', ['{"model": ', '[1, 2]'])
+def test_a_damaged_workdir_config_stops_the_comparison_in_one_sentence(content, tmp_path):
+  from perceiver_jax import config_changes
+  from tests.helpers import tiny_mnist1d_config
+  (tmp_path / 'config.json').write_text(content)
+  for check in (config_changes.check_eval, config_changes.check_resume):
+    with pytest.raises(UserError, match=r'config.json is damaged, so this config cannot be '
+                                        r'compared with the one step 3 was trained with; '):
+      check(str(tmp_path), tiny_mnist1d_config(), 3)
+  assert (tmp_path / 'config.json').read_text() == content
