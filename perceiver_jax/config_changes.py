@@ -179,10 +179,33 @@ def check_resume(workdir: str, config, step: int) -> None:
         'starts from its weights).')
 
 
+def _set_aside_unsaved(workdir: str, config) -> None:
+  """A new run in a workdir whose earlier run saved no checkpoint keeps that run's
+  config.json, if it differs, as config.unsaved-<k>.json (its metrics may be logged)."""
+  file = workdir_config.path(workdir)
+  if not os.path.isfile(file):
+    return
+  try:
+    with open(file) as f:
+      same = as_json(json.load(f)) == as_json(config)
+  except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+    same = False
+  if same:
+    return
+  k = 1
+  while os.path.exists(os.path.join(workdir, f'config.unsaved-{k}.json')):
+    k += 1
+  kept = os.path.join(workdir, f'config.unsaved-{k}.json')
+  os.replace(file, kept)
+  logging.info('The earlier run in %s saved no checkpoint; its config is kept in %s.',
+               workdir, os.path.basename(kept))
+
+
 def record_start(workdir: str, config, step: int) -> None:
   """Keeps the config a run (re)starts with at `step`: config.json for a new run, and
   config.<step>.json for a resume that changes any field, with the changes logged."""
   if not step:
+    _set_aside_unsaved(workdir, config)
     workdir_config.write(workdir, config)
     return
   name, old = _trained_with(workdir, step)

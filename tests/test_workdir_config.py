@@ -110,3 +110,29 @@ def test_a_damaged_workdir_config_stops_the_comparison_in_one_sentence(content, 
                                         r'compared with the one step 3 was trained with; '):
       check(str(tmp_path), tiny_mnist1d_config(), 3)
   assert (tmp_path / 'config.json').read_text() == content
+
+
+def test_configs_of_every_start_are_kept(tmp_path):
+  from perceiver_jax import config_changes
+  from tests.helpers import tiny_mnist1d_config
+  workdir = str(tmp_path)
+  first = tiny_mnist1d_config(**{'optimizer.learning_rate': 0.5})
+  config_changes.record_start(workdir, first, 0)
+  # Restarted before any checkpoint: the same config is written once, another one is kept
+  # beside the earlier one.
+  config_changes.record_start(workdir, first, 0)
+  assert sorted(os.listdir(tmp_path)) == ['config.json']
+  second = tiny_mnist1d_config()
+  config_changes.record_start(workdir, second, 0)
+  assert sorted(os.listdir(tmp_path)) == ['config.json', 'config.unsaved-1.json']
+  assert workdir_config.read(workdir, str(tmp_path / 'config.unsaved-1.json')).to_dict() == (
+      first.to_dict())
+  # Resumes: only a changed config is written, under the step it starts from.
+  config_changes.record_start(workdir, second, 4)
+  assert 'config.4.json' not in os.listdir(tmp_path)
+  third = tiny_mnist1d_config(**{'train.log_every_steps': 7})
+  config_changes.record_start(workdir, third, 6)
+  assert workdir_config.resumed_steps(workdir) == [6]
+  assert workdir_config.path_for_step(workdir, 6).endswith('config.json')
+  assert workdir_config.path_for_step(workdir, 7).endswith('config.6.json')
+  assert workdir_config.read(workdir).to_dict() == second.to_dict()
