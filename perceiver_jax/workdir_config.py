@@ -79,3 +79,9 @@ def read(workdir: str, file: str | None = None) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict(_tuples(fields))
   config.lock()
   return config
+
+
+def read_for_step(workdir: str, step: int) -> ml_collections.ConfigDict:
+  """The config that trained checkpoint `step` (config.json unless a resume before it
+  changed the config); one sentence if there is none or it is unreadable."""
+  return read(workdir, path_for_step(workdir, step))

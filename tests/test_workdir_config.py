@@ -136,3 +136,5 @@ def test_configs_of_every_start_are_kept(tmp_path):
   assert workdir_config.path_for_step(workdir, 6).endswith('config.json')
   assert workdir_config.path_for_step(workdir, 7).endswith('config.6.json')
   assert workdir_config.read(workdir).to_dict() == second.to_dict()
+  assert workdir_config.read_for_step(workdir, 7).to_dict() == third.to_dict()
+  assert workdir_config.read_for_step(workdir, 6).to_dict() == second.to_dict()
