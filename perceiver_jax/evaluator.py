@@ -37,6 +37,10 @@ def evaluate(config, workdir: str, step: int | None = None, split: str | None = 
   # Other eval settings than training's must be asked for, and never replace its result.
   changes, trained_split = config_changes.check_eval(workdir, config, step)
   name = result_name(step, split, changes, trained_split or config.data.eval_split)
+  if changes and jax.process_index() == 0:
+    logging.warning('Evaluating step %d under settings other than training\'s (%s, as '
+                    'config.allow_changes permits); the result goes to %s.', step,
+                    config_changes.describe(changes, limit=len(changes)), name)
   params, model_state = ckpt.restore_weights(ckpt.state_path(manager, step), params,
                                              model_state)
   ckpt.log_restored(step, workdir)

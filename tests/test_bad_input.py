@@ -336,7 +336,7 @@ def test_eval_py_under_other_data_settings_is_refused(trained):
 
 
 def test_eval_under_acknowledged_settings_never_replaces_the_training_result(trained,
-                                                                            tmp_path):
+                                                                            tmp_path, caplog):
   workdir = str(tmp_path / 'copy')
   shutil.copytree(trained[0], workdir)
   # Training's settings, with what changes freely (data location, eval batch, dropout).
@@ -346,7 +346,11 @@ def test_eval_under_acknowledged_settings_never_replaces_the_training_result(tra
   assert 'config_changes' not in plain
   config = tiny_mnist1d_config(**{**trained[1], 'data.normalize': (0.5, 1.0),
                                   'allow_changes': 'data'})
-  changed = evaluator.evaluate(config, workdir, step=2)
+  with caplog.at_level(logging.WARNING):
+    changed = evaluator.evaluate(config, workdir, step=2)
+  assert ("Evaluating step 2 under settings other than training's (data.normalize: (0.0, 1.0) "
+          '-> (0.5, 1.0), as config.allow_changes permits); the result goes to eval_2.') in (
+              caplog.text)
   other = evaluator.evaluate(tiny_mnist1d_config(**trained[1]), workdir, step=2, split='train')
   assert _snapshot(workdir)['eval_2.json'] == written
   names = sorted(n for n in os.listdir(workdir) if n.startswith('eval_'))
