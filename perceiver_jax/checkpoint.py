@@ -24,6 +24,7 @@ from jax.experimental import multihost_utils
 import numpy as np
 import orbax.checkpoint as ocp
 
+from perceiver_jax import orbax_logs
 from perceiver_jax.errors import UserError
 
 
@@ -224,7 +225,8 @@ def damaged_is_user_error(path: str):
   if problem:
     raise _damaged(path, problem)
   try:
-    yield
+    with orbax_logs.quiet_failed_restores():
+      yield
   except UserError:
     raise
   except Exception as e:  # tensorstore/orbax raise many types for unreadable files
@@ -304,6 +306,7 @@ def _all_processes_ok(ok: bool) -> bool:
   return bool(multihost_utils.process_allgather(np.int32(ok)).all())
 
 
+@orbax_logs.quiet_failed_restores()  # the warning below is all a damaged one prints
 def restore_newest(manager: ocp.CheckpointManager, workdir: str, abstract_state,
                    data_iterator=None) -> tuple[int, object]:
   """(step, state) from the newest checkpoint that reads back whole; damaged ones go aside.

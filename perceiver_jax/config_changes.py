@@ -39,7 +39,8 @@ RESUME_FREE = (*_READING, *_KERNELS, 'train.max_steps_per_run', 'train.log_every
 # An evaluation depends on the model, the task and the eval data only. Training-only data
 # settings and dropout (off at eval) change nothing there.
 EVAL_COMPARED = ('data', 'task', 'model')
-# The split is compared on its own (eval.py's --split says it explicitly).
+# The split is recorded in the result, and a result on another split never replaces one
+# (evaluator.result_name).
 EVAL_FREE = (*_READING, *_KERNELS, 'data.eval_split', 'data.train_split', 'data.augment',
              'data.max_shift',
              'model.encoder.dropout_prob', 'model.encoder.dropout_attn_prob')
@@ -225,13 +226,12 @@ def record_start(workdir: str, config, step: int) -> None:
                  os.path.basename(workdir_config.path(workdir, step)))
 
 
-def check_eval(workdir: str, config, step: int) -> tuple[dict, str | None]:
-  """(the acknowledged eval-relevant changes from the config that trained `step`, that
-  config's eval split); None for the split of a workdir written before configs were kept.
-  Refuses unacknowledged changes in one sentence."""
+def check_eval(workdir: str, config, step: int) -> dict:
+  """The acknowledged eval-relevant changes from the config that trained `step` (none for
+  a workdir without one); refuses unacknowledged ones in one sentence."""
   name, old = _trained_with(workdir, step)
   if old is None or not _comparable(name, old, config):
-    return {}, None
+    return {}
   changes = eval_relevant(differences(old, config), old)
   refused = unacknowledged(changes, config)
   if refused:
@@ -240,4 +240,4 @@ def check_eval(workdir: str, config, step: int) -> tuple[dict, str | None]:
         f'trained with ({name}) in {describe(refused)}; pass {flag_for(refused)} to evaluate '
         f'under these settings (the result goes to a file of its own; eval_{step}.json is '
         'kept), or drop the overrides.')
-  return changes, old.data.get('eval_split')
+  return changes

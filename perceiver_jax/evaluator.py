@@ -18,7 +18,8 @@ from perceiver_jax.telemetry import Telemetry
 
 def evaluate(config, workdir: str, step: int | None = None, split: str | None = None) -> dict:
   """Evaluates the checkpoint at `step` (default: latest) and writes WORKDIR/eval_<step>.json,
-  or, under settings other than training's, eval_<step>.<id>.json (result_name).
+  or, under acknowledged config changes or beside a result on another split,
+  eval_<step>.<id>.json (result_name).
 
   The mesh comes from this run's config and devices, not the training run's: Orbax
   restores each array straight into the sharding this mesh wants. No optimizer is built:
@@ -35,8 +36,8 @@ def evaluate(config, workdir: str, step: int | None = None, split: str | None = 
   # Another model is named by its first misfit parameter and both shapes.
   ckpt.check_compatible(manager, step, params)
   # Other eval settings than training's must be asked for, and never replace its result.
-  changes, trained_split = config_changes.check_eval(workdir, config, step)
-  name = result_name(step, split, changes, trained_split or config.data.eval_split)
+  changes = config_changes.check_eval(workdir, config, step)
+  name = result_name(workdir, step, split, changes)
   if changes and jax.process_index() == 0:
     logging.warning('Evaluating step %d under settings other than training\'s (%s, as '
                     'config.allow_changes permits); the result goes to %s.', step,
@@ -61,10 +62,20 @@ def evaluate(config, workdir: str, step: int | None = None, split: str | None = 
   return result
 
 
-def result_name(step: int, split: str, changes: dict, trained_split: str) -> str:
-  """eval_<step>.json for training's settings; otherwise a name of their own, the same for
-  the same settings, so a rerun replaces only its own earlier result."""
-  if not changes and split == trained_split:
-    return f'eval_{step}.json'
+def result_name(workdir: str, step: int, split: str, changes: dict) -> str:
+  """eval_<step>.json, unless acknowledged config changes made the result or that file
+  holds a result on another split: then a name of their own (the same for the same
+  settings, so a rerun replaces only its own earlier result)."""
+  default = f'eval_{step}.json'
+  if not changes:
+    try:
+      with open(os.path.join(workdir, default)) as f:
+        existing = json.load(f)
+    except FileNotFoundError:
+      return default
+    except (OSError, ValueError):
+      existing = None  # unreadable: kept as it is
+    if isinstance(existing, dict) and existing.get('split') == split:
+      return default
   settings = json.dumps({'split': split, 'changes': changes}, sort_keys=True)
   return f'eval_{step}.{hashlib.sha1(settings.encode()).hexdigest()[:8]}.json'

@@ -7,8 +7,11 @@ when it fails, works out which flag is wrong and says how to fix it:
   --config.train.batchsize=1   -> names the field and the closest valid ones (difflib)
   --config.data.mask_prob=0.2  -> a field that moved: names its new place (MOVED_TABLES)
   --config.train.batch_size=ab -> names the field's type and current value
-  --config=configs/nope.py     -> lists the config files next to it
+  --config=configs/nope.py     -> lists the config files next to it (or the packaged ones)
   --config=configs/x.py:foo=1  -> the config's own message about its variant keys
+
+`--help` lists the program's own flags (those defined in perceiver_jax), one line each,
+and exits 0; `--helpfull` keeps absl's list of every flag.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import importlib.util
 import os
 import re
 import sys
+from typing import Callable
 
 from absl import flags
 
@@ -26,6 +30,8 @@ from perceiver_jax.model.build import MOVED_MODEL_FLAGS
 from perceiver_jax.moved_flags import MOVED_FLAGS
 
 CONFIG_FLAG = 'config'
+# The experiment configs shipped inside the package (the repository's configs/ links here).
+PACKAGED_CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configs')
 # Every table of moved config fields (old path -> new path, below `config.`) an override
 # is checked against, first match wins.
 # old dotted path -> its new path, or a sentence saying where it lives now.
@@ -36,15 +42,17 @@ def _one_line(text: str) -> str:
   return ' '.join(str(text).split())
 
 
-def _config_spec(argv: list[str]) -> str | None:
-  """The value of --config (last one wins, as in absl), or None."""
-  spec = None
+def flag_value(argv: list[str], name: str) -> str | None:
+  """The value of --name in argv (last one wins, as in absl), or None."""
+  value = None
   for i, arg in enumerate(argv[1:], 1):
-    if arg.startswith(f'--{CONFIG_FLAG}='):
-      spec = arg.split('=', 1)[1]
-    elif arg == f'--{CONFIG_FLAG}' and i + 1 < len(argv):
-      spec = argv[i + 1]
-  return spec
+    if arg == '--':
+      break
+    if arg.startswith(f'--{name}='):
+      value = arg.split('=', 1)[1]
+    elif arg == f'--{name}' and i + 1 < len(argv):
+      value = argv[i + 1]
+  return value
 
 
 def _overrides(argv: list[str]) -> list[tuple[str, str]]:
@@ -59,16 +67,55 @@ def _overrides(argv: list[str]) -> list[tuple[str, str]]:
   return out
 
 
-def _config_files_near(path: str) -> str:
-  folder = os.path.dirname(path) or '.'
-  if not os.path.isdir(folder):
-    folder = 'configs'
+def packaged_config(path: str) -> str | None:
+  """The packaged file a relative configs/... path names when the current directory has no
+  such file (perceiver-train run outside the repository), else None."""
+  parts = os.path.normpath(path).split(os.sep)
+  if os.path.isabs(path) or os.path.exists(path) or parts[0] != 'configs':
+    return None
+  found = os.path.join(PACKAGED_CONFIGS, *parts[1:])
+  return found if os.path.isfile(found) else None
+
+
+def resolve_config_paths(argv: list[str]) -> list[str]:
+  """argv with a --config=configs/X.py[:variant] that is missing from the current directory
+  pointed at the packaged configs/X.py."""
+  out = list(argv)
+  for i, arg in enumerate(out[1:], 1):
+    if arg == '--':
+      break
+    if arg.startswith(f'--{CONFIG_FLAG}='):
+      at, prefix, spec = i, f'--{CONFIG_FLAG}=', arg.split('=', 1)[1]
+    elif arg == f'--{CONFIG_FLAG}' and i + 1 < len(out):
+      at, prefix, spec = i + 1, '', out[i + 1]
+    else:
+      continue
+    path, colon, variant = spec.partition(':')
+    found = packaged_config(path)
+    if found:
+      out[at] = f'{prefix}{found}{colon}{variant}'
+  return out
+
+
+def _experiment_files(folder: str) -> list[str]:
   try:
-    names = sorted(n for n in os.listdir(folder)
-                   if n.endswith('.py') and not n.startswith('_') and n != 'common.py')
+    return sorted(n for n in os.listdir(folder)
+                  if n.endswith('.py') and not n.startswith('_') and n != 'common.py')
   except OSError:
-    names = []
-  return ', '.join(os.path.join(folder, n) for n in names) or 'configs/digits.py'
+    return []
+
+
+def _config_files_near(path: str) -> str:
+  """The experiment files beside a missing config file, or the packaged ones (which
+  configs/NAME.py finds from any directory) where that folder does not exist."""
+  folder = os.path.dirname(os.path.normpath(path)) or '.'
+  shown = folder
+  if not os.path.isdir(folder):
+    parts = folder.split(os.sep)
+    inner = os.path.join(PACKAGED_CONFIGS, *parts[1:]) if parts[0] == 'configs' else ''
+    folder, shown = (inner, folder) if os.path.isdir(inner) else (PACKAGED_CONFIGS, 'configs')
+  names = _experiment_files(folder)
+  return ', '.join(os.path.join(shown, n) for n in names) or 'configs/digits.py'
 
 
 def _load_config(spec: str):
@@ -77,9 +124,11 @@ def _load_config(spec: str):
   if not path:
     raise UserError('--config is empty; pass an experiment file, e.g. '
                     '--config=configs/digits.py.')
+  path = packaged_config(path) or path
   if not os.path.isfile(path):
     what = 'is a directory' if os.path.isdir(path) else 'does not exist'
-    raise UserError(f'Config file {path} {what}; pass one of: {_config_files_near(path)}.')
+    raise UserError(f'Config file {path} {what}; pass one of: {_config_files_near(path)} '
+                    '(configs/NAME.py finds the packaged configs from any directory).')
   try:
     module_spec = importlib.util.spec_from_file_location('_checked_config', path)
     module = importlib.util.module_from_spec(module_spec)
@@ -177,7 +226,7 @@ def explain(argv: list[str], error: Exception,
     argv = flag_values.read_flags_from_files(argv, force_gnu=False)
   except Exception:  # a missing flag file: the error itself says so
     pass
-  spec = _config_spec(argv)
+  spec = flag_value(argv, CONFIG_FLAG)
   config = None
   if spec is not None:
     config = _load_config(spec)  # raises its own sentence for a missing or broken file
@@ -210,9 +259,10 @@ def explain(argv: list[str], error: Exception,
 
 
 def parse(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) -> list[str]:
-  """`flag_values(argv)`, every failure raised as a one-sentence `UserError`."""
+  """`flag_values(argv)`, every failure raised as a one-sentence `UserError`; a relative
+  --config=configs/X.py resolves to the packaged file from any directory."""
   try:
-    args = flag_values(argv)
+    args = flag_values(resolve_config_paths(argv))
     config = flag_values[CONFIG_FLAG].value if CONFIG_FLAG in flag_values else None
     if config is not None:
       config.keys()  # a file that failed to load raises here (ml_collections defers it)
@@ -223,10 +273,63 @@ def parse(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) -> list[
     raise UserError(explain(argv, e, flag_values)) from None
 
 
-def parse_or_exit(argv: list[str]) -> list[str]:
-  """absl `app.run(..., flags_parser=parse_or_exit)`: prints 'error: ...' and exits 2."""
+HELP_ARGS = ('--help', '-help', '-h', '-?', '--helpshort', '-helpshort')
+FULL_HELP_ARGS = ('--helpfull', '-helpfull', '--helpxml', '-helpxml')
+
+
+def _wants(argv: list[str], names: tuple[str, ...]) -> bool:
+  args = argv[1:argv.index('--')] if '--' in argv else argv[1:]
+  return any(arg in names for arg in args)
+
+
+def _flag_line(flag) -> str:
+  default = flag.default
+  shown = '' if default is None or default == '' else f' (default: {default})'
+  return f'  --{flag.name}: {_one_line(flag.help)}{shown}'
+
+
+def own_help(prog: str, usage: str | None = None, shown: tuple[str, ...] | None = None,
+             flag_values: flags.FlagValues = flags.FLAGS) -> str:
+  """The --help text: usage, then every flag defined in perceiver_jax (or only `shown`),
+  one line each. absl's own --help lists only flags of the __main__ module: none here."""
+  lines = [(usage or 'usage: {prog} [flags]').format(prog=prog), '', 'flags:']
+  for module, module_flags in flag_values.flags_by_module_dict().items():
+    if not module.startswith('perceiver_jax'):
+      continue
+    for flag in module_flags:
+      if shown is None or flag.name in shown:
+        lines.append(_flag_line(flag))
+        if flag.name == CONFIG_FLAG:
+          lines.append(f'  --{CONFIG_FLAG}.FIELD=VALUE: overrides one field of the config, '
+                       f'e.g. --{CONFIG_FLAG}.train.num_steps=100 (fields and defaults: '
+                       'configs/common.py).')
+  lines.append('  --helpfull: every flag, with those of absl and the libraries.')
+  return '\n'.join(lines)
+
+
+def parse_or_exit(argv: list[str], usage: str | None = None,
+                  shown: tuple[str, ...] | None = None,
+                  default_config: Callable[[list[str]], str | None] | None = None) -> list[str]:
+  """absl `app.run(..., flags_parser=parse_or_exit)`: prints 'error: ...' and exits 2.
+
+  --help prints `own_help` (usage: a template with {prog}; shown: the flags to list, default
+  all of perceiver_jax's) and exits 0, as does absl's --helpfull. Without --config,
+  `default_config(argv)` may name the config file to load (a --config value), so that
+  --config.x=y overrides apply to it.
+  """
+  if _wants(argv, HELP_ARGS):
+    print(own_help(os.path.basename(argv[0]), usage, shown))
+    sys.exit(0)
   try:
+    if default_config is not None:
+      expanded = flags.FLAGS.read_flags_from_files(argv, force_gnu=False)
+      spec = None if flag_value(expanded, CONFIG_FLAG) else default_config(expanded)
+      argv = [argv[0], f'--{CONFIG_FLAG}={spec}', *argv[1:]] if spec else argv
     return parse(argv)
   except UserError as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
+  except SystemExit as e:
+    if e.code == 1 and _wants(argv, FULL_HELP_ARGS):  # absl exits 1 after printing its help
+      sys.exit(0)
+    raise

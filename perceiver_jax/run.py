@@ -214,3 +214,10 @@ class Run:
     return steps.make_eval_step(self.model, self.mesh, self.params_shardings,
                                 self.model_state_shardings, rules=self.config.sharding.rules,
                                 task=self.task)
+
+  def predict_step(self):
+    """steps.make_predict_step on this run: predict_step(params, model_state, batch) ->
+    the task's predictions."""
+    return steps.make_predict_step(self.model, self.mesh, self.params_shardings,
+                                   self.model_state_shardings,
+                                   rules=self.config.sharding.rules, task=self.task)

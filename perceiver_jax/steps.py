@@ -150,6 +150,26 @@ def make_eval_step(spec: ModelSpec, mesh: Mesh, params_shardings, model_state_sh
                  out_shardings=shd.replicated(mesh))
 
 
+def predict_fn(spec: ModelSpec, task: tasks.Task):
+  """predict(params, model_state, batch) -> task.predictions of the model on `batch`
+  (deterministic, unjitted: make_predict_step jits it, perceiver_jax/export.py exports it)."""
+  def predict(params, model_state, batch):
+    outputs, _ = _apply(spec, params, model_state, batch, task, train=False)
+    return task.predictions(outputs)
+  return predict
+
+
+def make_predict_step(spec: ModelSpec, mesh: Mesh, params_shardings, model_state_shardings,
+                      rules=None, task: tasks.Task | None = None):
+  """Returns predict_step(params, model_state, batch) -> the task's predictions
+  (replicated), activations constrained as in evaluation."""
+  step = with_logical_sharding(predict_fn(spec, task or tasks.default_task()), mesh,
+                               None if rules is None else shd.rules_dict(rules))
+  return jax.jit(step, in_shardings=(params_shardings, model_state_shardings,
+                                     shd.batch_sharding(mesh)),
+                 out_shardings=shd.replicated(mesh))
+
+
 def evaluate_split(eval_step, params, model_state, batches,
                    task: tasks.Task | None = None) -> dict[str, float]:
   """Runs eval_step over an iterable of global batches (run.Run.eval_batches) and returns

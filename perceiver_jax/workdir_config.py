@@ -85,3 +85,16 @@ def read_for_step(workdir: str, step: int) -> ml_collections.ConfigDict:
   """The config that trained checkpoint `step` (config.json unless a resume before it
   changed the config); one sentence if there is none or it is unreadable."""
   return read(workdir, path_for_step(workdir, step))
+
+
+def newest_path(workdir: str) -> str:
+  """config.<S>.json of the latest resume that changed the config, else config.json."""
+  steps = resumed_steps(workdir)
+  return path(workdir, steps[-1]) if steps else path(workdir)
+
+
+def get_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config-file entry point: --config=PATH/workdir_config.py:WORKDIR loads the workdir's
+  config through the config flag, so --config.x=y overrides apply to it (eval.py without
+  --config). The newest config: the one that trained the latest checkpoint."""
+  return read(workdir, newest_path(workdir))

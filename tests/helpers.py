@@ -63,8 +63,9 @@ def flags_for(overrides: dict) -> list[str]:
 
 
 def run_main(script: str, args: list[str], *, devices: int = 8, check: bool = True,
-             timeout: int = 600) -> subprocess.CompletedProcess:
-  """Runs train.py / eval.py in a fresh process with `devices` fake CPU devices."""
+             timeout: int = 600, cwd: str = ROOT) -> subprocess.CompletedProcess:
+  """Runs train.py / eval.py (from `cwd`) in a fresh process with `devices` fake CPU
+  devices."""
   env = dict(os.environ)
   # The mains' programs are small and run a few steps: XLA's backend optimisations cost
   # more compile time than they save (a train.py run of the conv model: 46 s -> 27 s).
@@ -72,7 +73,7 @@ def run_main(script: str, args: list[str], *, devices: int = 8, check: bool = Tr
                       '--xla_backend_optimization_level=0')
   env['JAX_PLATFORMS'] = 'cpu'
   # The session's compilation cache (tests/conftest.py) comes with os.environ.
-  proc = subprocess.run([sys.executable, os.path.join(ROOT, script), *args], cwd=ROOT, env=env,
+  proc = subprocess.run([sys.executable, os.path.join(ROOT, script), *args], cwd=cwd, env=env,
                         capture_output=True, text=True, timeout=timeout)
   if check and proc.returncode != 0:
     raise AssertionError(f'{script} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr[-6000:]}')

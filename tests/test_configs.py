@@ -65,7 +65,7 @@ def test_optional_model_fields_are_overridable_from_the_command_line():
 # :runlocal variant, which its own test file trains (tests/test_<benchmark>.py).
 BENCHMARKS = ('audioset_perceiver', 'flow_autoflow', 'flow_skimage', 'imagenet_perceiver',
               'imagenet_perceiver_io', 'kinetics_autoencoding', 'mlm_c4', 'mlm_stdlib',
-              'modelnet40_perceiver', 'text_classification')
+              'modelnet40_perceiver', 'perceiver_ar_stdlib', 'text_classification')
 
 
 def test_every_config_file_is_a_known_experiment():

@@ -235,6 +235,27 @@ def test_sigterm_saves_exits_0_and_the_rerun_resumes_past_a_damaged_checkpoint(
   assert_same_params(saved_params(workdir, NUM_STEPS), saved_params(reference, NUM_STEPS))
 
 
+def test_a_damaged_checkpoint_on_resume_prints_one_warning(reference, data_dir, cache_dir,
+                                                           tmp_path):
+  # Orbax warned about routine things on every restore and about the failed attempt, around
+  # the one line that says what happened (orbax_logs; test_orbax_logs.py covers tensorstore's
+  # closed-event-loop tracebacks, which need a bigger model to show).
+  workdir = str(tmp_path / 'run')
+  shutil.copytree(reference, workdir)
+  assert truncate_array_files(os.path.join(workdir, 'checkpoints', '16', 'state'))
+  run = Trainer(workdir, data_dir, cache_dir, 'truncated')
+  assert run.finish() == 0, run.stderr()
+  with open(run.err_path) as f:
+    lines = f.read().splitlines()
+  assert restored_step('\n'.join(lines)) == 14
+  # Model, mesh, restored, steps 15 and 16, final eval: info lines; one warning, no traceback.
+  assert len(lines) <= 8 and not any('Traceback' in line for line in lines), '\n'.join(lines)
+  warnings = [line for line in lines if not line.startswith('I')]
+  assert len(warnings) == 1, '\n'.join(lines)
+  assert (f'Checkpoint {ckpt.checkpoint_dir(workdir)}/16 is damaged (' in warnings[0]
+          and f'moved it to {workdir}/checkpoints.corrupt/16-' in warnings[0])
+
+
 # ------------------------------------------------------------------------------------------
 # Damaged checkpoints (in-process, on copies of the reference run's checkpoints 12, 14, 16).
 # ------------------------------------------------------------------------------------------

@@ -82,7 +82,7 @@ def test_a_config_of_another_version_is_not_compared(tmp_path, caplog):
   (tmp_path / 'config.json').write_text(
       (tmp_path / 'config.json').read_text().replace('"train": {', '"train": {"old": 1, '))
   with caplog.at_level('WARNING'):
-    assert config_changes.check_eval(str(tmp_path), new, 5) == ({}, None)
+    assert config_changes.check_eval(str(tmp_path), new, 5) == {}
     config_changes.check_resume(str(tmp_path), new, 5)
   assert 'written by another version of perceiver_jax (1 fields differ, e.g. train.old)' in (
       caplog.text)
@@ -138,3 +138,5 @@ def test_configs_of_every_start_are_kept(tmp_path):
   assert workdir_config.read(workdir).to_dict() == second.to_dict()
   assert workdir_config.read_for_step(workdir, 7).to_dict() == third.to_dict()
   assert workdir_config.read_for_step(workdir, 6).to_dict() == second.to_dict()
+  # eval.py without --config: the config of the latest checkpoint.
+  assert workdir_config.get_config(workdir).to_dict() == third.to_dict()

@@ -19,7 +19,7 @@ from perceiver_jax.convert.common import variable_paths
 from perceiver_jax.errors import UserError
 from perceiver_jax.model.build import build_model
 
-PACKAGE = 'configs.pretrained'
+PACKAGE = 'perceiver_jax.configs.pretrained'
 
 
 def model_input_shape(config):
@@ -40,12 +40,8 @@ def layout(model: nnx.Module) -> dict[str, tuple[int, ...]]:
 
 
 def _released_configs(family: str) -> dict[str, object]:
-  """{module name: config} of the released configs of `family`; none when the configs
-  package is not importable (perceiver_jax used outside its repository)."""
-  try:
-    package = importlib.import_module(PACKAGE)
-  except ImportError:
-    return {}
+  """{module name: config} of the released configs of `family`."""
+  package = importlib.import_module(PACKAGE)
   out = {}
   for info in pkgutil.iter_modules(package.__path__):
     if info.name.startswith('_'):

@@ -11,6 +11,7 @@ checkpoint, so `eval.py --workdir=WORKDIR` evaluates it and
 from __future__ import annotations
 
 import importlib
+import json
 import logging
 import os
 
@@ -101,12 +102,34 @@ def write_checkpoint(model: nnx.Module, workdir: str, config=None) -> str:
   return os.path.join(ckpt.checkpoint_dir(workdir), '0')
 
 
+CLASS_NAMES = 'class_names.json'
+
+
+def hf_class_names(weights_path: str) -> list[str] | None:
+  """The class names of a Hugging Face model directory's config.json (`id2label`, in id
+  order) beside the weights file, or None (no such file, or no labels in it)."""
+  config_file = os.path.join(os.path.dirname(os.path.abspath(weights_path)), 'config.json')
+  try:
+    with open(config_file) as f:
+      id2label = json.load(f).get('id2label') or {}
+    names = [id2label[str(i)] for i in range(len(id2label))]
+  except (OSError, ValueError, KeyError, AttributeError):
+    return None
+  return [str(n) for n in names] or None
+
+
 def convert_to_checkpoint(config, path: str, workdir: str, fmt: str = 'auto') -> dict:
-  """Converts the file at `path` for `config` into WORKDIR; returns a short summary."""
+  """Converts the file at `path` for `config` into WORKDIR; returns a short summary.
+  A Hugging Face config.json beside the weights gives the classes' names
+  (WORKDIR/class_names.json, read by perceiver-predict)."""
   # A workdir that cannot be written fails before the file is read.
   validate.check_workdir(workdir, training=True)
   model = convert_weights(config, path, fmt)
   directory = write_checkpoint(model, workdir, config)
+  names = hf_class_names(path)
+  if names and len(names) == config.model.num_classes and jax.process_index() == 0:
+    with open(os.path.join(workdir, CLASS_NAMES), 'w') as f:
+      json.dump(names, f, indent=0)
   summary = {'num_params': count_params(model)}
   encoder = encoder_structure(model)
   if encoder:

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from perceiver_jax.model import chunked_attention as chunked
-from perceiver_jax.model.partitioning import constrain
+from perceiver_jax.model.partitioning import constrain, logical_axes
 from perceiver_jax.model.settings import MLP_ACTIVATIONS
 
 Dtype = Any
@@ -42,8 +42,8 @@ def dense(in_features: int, out_features: int, names: tuple[str | None, str | No
   return nnx.Linear(
       in_features, out_features, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype,
       kernel_init=kernel_init if kernel_init is not None else linear_init(),
-      kernel_metadata={'out_sharding': names},
-      bias_metadata={'out_sharding': (names[1],)}, rngs=rngs)
+      kernel_metadata=logical_axes(names),
+      bias_metadata=logical_axes((names[1],)), rngs=rngs)
 
 
 def layer_norm(num_features: int, name: str | None, *, rngs: nnx.Rngs,
@@ -51,8 +51,8 @@ def layer_norm(num_features: int, name: str | None, *, rngs: nnx.Rngs,
   """LayerNorm over the last axis (statistics are computed in float32 by flax)."""
   return nnx.LayerNorm(
       num_features, epsilon=LAYER_NORM_EPSILON, dtype=dtype, param_dtype=param_dtype,
-      use_fast_variance=False, scale_metadata={'out_sharding': (name,)},
-      bias_metadata={'out_sharding': (name,)}, rngs=rngs)
+      use_fast_variance=False, scale_metadata=logical_axes((name,)),
+      bias_metadata=logical_axes((name,)), rngs=rngs)
 
 
 def make_attention_mask(query_mask: jax.Array | None, kv_mask: jax.Array | None,

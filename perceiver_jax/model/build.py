@@ -13,6 +13,10 @@ num_classes, and one section per part:
                  'embedding_decoder' | 'multimodal'
   modalities     multimodal only: {modality: modality_config(...)}
 
+A Perceiver AR (model/perceiver_ar.py) has no parts: its config.model is
+`perceiver_ar_model_config(...)`, name='perceiver_ar', the settings, num_classes (the
+vocabulary) and PerceiverAR's own kwargs as fields.
+
 A section's fields are its constructor's kwargs (registry.py resolves the name; the
 builder passes what the config cannot know: input shape, latent channels, classes).
 `part(kind, name, **overrides)` makes a section with every kwarg filled from the
@@ -23,6 +27,7 @@ section in a config file: `config.model.decoder = part('decoder', 'basic', ...)`
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import jax.numpy as jnp
@@ -36,10 +41,41 @@ from perceiver_jax.errors import UserError
 from perceiver_jax.model import registry
 from perceiver_jax.model.build_multimodal import input_shapes, modality_config  # re-exported
 from perceiver_jax.model.perceiver import Perceiver
+from perceiver_jax.model.perceiver_ar import PerceiverAR
 from perceiver_jax.model.registry import part  # re-exported for configs
 from perceiver_jax.model.settings import ModelSettings
 
 Dtype = Any
+
+
+PERCEIVER_AR = 'perceiver_ar'
+# PerceiverAR kwargs that are not config fields (vocab_size is config.model.num_classes).
+_AR_NOT_FIELDS = ('self', 'settings', 'rngs', 'vocab_size')
+
+
+def _settings_defaults() -> dict[str, Any]:
+  return dict(
+      dtype='float32',  # compute dtype: float32 | bfloat16 | float16 (params stay float32)
+      attention_impl=None,  # None (cuDNN where it applies, else XLA) | xla | cudnn
+      attention_chunk_size=0,  # keys per chunk of the memory-efficient path; 0 = auto only
+      attention_auto_chunk_threshold=2 ** 28,  # chunk when q_len*kv_len > this; 0 = never
+      mlp_activation='gelu_tanh')
+
+
+def _ar_fields() -> dict[str, Any]:
+  params = inspect.signature(PerceiverAR.__init__).parameters.items()
+  return {name: p.default for name, p in params if name not in _AR_NOT_FIELDS}
+
+
+def perceiver_ar_model_config(**overrides) -> ml_collections.ConfigDict:
+  """config.model of a Perceiver AR: name, the model-wide settings, num_classes (the
+  vocabulary: 256 bytes) and every PerceiverAR kwarg, `overrides` replacing defaults."""
+  fields = dict(name=PERCEIVER_AR, num_classes=256, **_settings_defaults(), **_ar_fields())
+  unknown = sorted(set(overrides) - set(fields))
+  if unknown:
+    raise UserError(f'perceiver_ar has no model field {unknown[0]!r}; its fields are '
+                    f'{", ".join(sorted(fields))}.')
+  return ml_collections.ConfigDict({**fields, **overrides})
 
 
 def default_model_config() -> ml_collections.ConfigDict:
@@ -47,11 +83,7 @@ def default_model_config() -> ml_collections.ConfigDict:
   and one section per part, each with every field of its constructor."""
   return ml_collections.ConfigDict(dict(
       num_classes=10,
-      dtype='float32',  # compute dtype: float32 | bfloat16 | float16 (params stay float32)
-      attention_impl=None,  # None (cuDNN where it applies, else XLA) | xla | cudnn
-      attention_chunk_size=0,  # keys per chunk of the memory-efficient path; 0 = auto only
-      attention_auto_chunk_threshold=2 ** 28,  # chunk when q_len*kv_len > this; 0 = never
-      mlp_activation='gelu_tanh',
+      **_settings_defaults(),
       preprocessor=part('preprocessor', 'generic'),
       encoder=part('encoder', num_latents=32, num_latent_channels=64, num_blocks=2,
                    num_self_attends_per_block=2, num_self_attend_heads=4),
@@ -100,10 +132,12 @@ def build_model(model_config: ml_collections.ConfigDict, *,
   or {modality: shape} for a multimodal model.
 
   `model_config` is `config.model`. Parameters carry logical-axis metadata
-  (`out_sharding`) but are created unsharded; the caller places them on a mesh.
+  (partitioning.logical_axes) but are created unsharded; the caller places them on a mesh.
   `dtype` (the compute dtype) defaults to `model_config.dtype`. A constructor's
   ValueError comes back as a UserError naming its config path.
   """
+  if model_config.get('name') == PERCEIVER_AR:
+    return _build_perceiver_ar(model_config, input_shape, rngs, dtype, param_dtype)
   if 'encoder' not in model_config:
     raise UserError('build_model expects config.model (with preprocessor, encoder and '
                     'decoder sections), not the whole experiment config.')
@@ -113,15 +147,29 @@ def build_model(model_config: ml_collections.ConfigDict, *,
                          input_shape=input_shapes(input_shape),
                          latent_channels=model_config.encoder.num_latent_channels)
   at = 'config.model.'
-  # Eager sharding would try to place every Param on a mesh as it is created.
-  with nnx.use_eager_sharding(False):
-    # This order (preprocessor, decoder, encoder, postprocessor) fixes which random
-    # numbers each part's initial weights get; keep it.
-    ctx.preprocessor = registry.build_part('preprocessor', model_config.preprocessor, ctx,
-                                           at + 'preprocessor')
-    ctx.decoder = registry.build_part('decoder', model_config.decoder, ctx, at + 'decoder')
-    encoder = registry.build_part('encoder', model_config.encoder, ctx, at + 'encoder')
-    postprocessor = registry.build_part(
-        'postprocessor', model_config.get('postprocessor', {'name': 'auto'}), ctx,
-        at + 'postprocessor')
+  # This order (preprocessor, decoder, encoder, postprocessor) fixes which random
+  # numbers each part's initial weights get; keep it.
+  ctx.preprocessor = registry.build_part('preprocessor', model_config.preprocessor, ctx,
+                                         at + 'preprocessor')
+  ctx.decoder = registry.build_part('decoder', model_config.decoder, ctx, at + 'decoder')
+  encoder = registry.build_part('encoder', model_config.encoder, ctx, at + 'encoder')
+  postprocessor = registry.build_part(
+      'postprocessor', model_config.get('postprocessor', {'name': 'auto'}), ctx,
+      at + 'postprocessor')
   return Perceiver(ctx.preprocessor, encoder, ctx.decoder, postprocessor)
+
+
+def _build_perceiver_ar(model_config, input_shape, rngs, dtype, param_dtype) -> PerceiverAR:
+  """A PerceiverAR from config.model's fields; input_shape (context,) must fit it."""
+  settings = ModelSettings.from_config(model_config, dtype=dtype, param_dtype=param_dtype)
+  fields = {k: model_config[k] for k in _ar_fields() if k in model_config}
+  context = tuple(input_shape)
+  if len(context) != 1 or context[0] > fields.get('max_context', context[0]):
+    raise UserError(f'A Perceiver AR reads token ids of shape (context,) with context <= '
+                    f'config.model.max_context={fields.get("max_context")}; the inputs have '
+                    f'shape {context}.')
+  try:
+    return PerceiverAR(vocab_size=model_config.num_classes, settings=settings, rngs=rngs,
+                       **fields)
+  except ValueError as e:
+    raise UserError(f'config.model: {" ".join(str(e).split())}') from None

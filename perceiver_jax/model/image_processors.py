@@ -31,6 +31,7 @@ from perceiver_jax.model import checks
 from perceiver_jax.model.attention import dense
 from perceiver_jax.model.io_processors import PreprocessorOutput, _PositionalPreprocessor
 from perceiver_jax.model.io_processors import space_to_depth
+from perceiver_jax.model.partitioning import logical_axes
 
 Dtype = Any
 PREP_TYPES = ('pixels', 'patches', 'conv', 'conv1x1')
@@ -89,13 +90,13 @@ class _ConvBlock(nnx.Module):
     self.conv = nnx.Conv(
         in_channels, num_channels, (7, 7), strides=(2, 2), padding=conv_pad,
         use_bias=False, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
-        kernel_metadata={'out_sharding': (None, None, None, 'input_channels')})
+        kernel_metadata=logical_axes((None, None, None, 'input_channels')))
     self.batchnorm = nnx.data(None)
     if use_batchnorm:
       self.batchnorm = nnx.BatchNorm(
           num_channels, use_running_average=True, use_fast_variance=False, dtype=dtype,
-          param_dtype=param_dtype, scale_metadata={'out_sharding': ('input_channels',)},
-          bias_metadata={'out_sharding': ('input_channels',)}, rngs=rngs,
+          param_dtype=param_dtype, scale_metadata=logical_axes(('input_channels',)),
+          bias_metadata=logical_axes(('input_channels',)), rngs=rngs,
           **_BATCHNORM_DEFAULTS)
 
   def __call__(self, x: jax.Array, *, deterministic: bool = True) -> jax.Array:
@@ -209,8 +210,8 @@ class ImagePreprocessor(_PositionalPreprocessor):
                          "temporal_downsample=1.")
       self.convnet_1x1 = nnx.Conv(
           channels, num_channels, (1, 1), strides=(s, s), padding='VALID',
-          kernel_metadata={'out_sharding': (None, None, None, 'input_channels')},
-          bias_metadata={'out_sharding': ('input_channels',)}, **kw)
+          kernel_metadata=logical_axes((None, None, None, 'input_channels')),
+          bias_metadata=logical_axes(('input_channels',)), **kw)
       index_dims[-2:] = [-(-n // s) for n in index_dims[-2:]]
       features = num_channels
     elif prep_type == 'pixels':

@@ -28,6 +28,7 @@ from perceiver_jax.model import checks
 from perceiver_jax.model import position_encoding as pe
 from perceiver_jax.model.decoders import BasicDecoder
 from perceiver_jax.model.io_processors import PreprocessorOutput
+from perceiver_jax.model.partitioning import logical_axes
 from perceiver_jax.model.settings import DEFAULT, ModelSettings
 
 Dtype = Any
@@ -36,7 +37,7 @@ Dtype = Any
 def _padding_param(rngs: nnx.Rngs, width: int, param_dtype: Dtype) -> nnx.Param:
   # DeepMind: TrainablePositionEncoding(index_dim=1, init_scale=0.02) -> pos_embs [1, width].
   init = jax.nn.initializers.truncated_normal(stddev=0.02)
-  return nnx.Param(init(rngs.params(), (1, width), param_dtype), out_sharding=(None, None))
+  return nnx.Param(init(rngs.params(), (1, width), param_dtype), **logical_axes((None, None)))
 
 
 def _num_index(preprocessor: nnx.Module) -> int:

@@ -2,7 +2,8 @@
 
 Parameters and activations carry logical dim names (e.g. ('batch', 'latents', 'act_embed'));
 a rules dict {logical name: (mesh axes...)} maps them onto a mesh (MaxText style). The
-model calls `constrain(x, names)` at block boundaries. Outside `logical_sharding(mesh, rules)`
+model calls `constrain(x, names)` at block boundaries, and creates every parameter with
+`logical_axes(names)` as its metadata. Outside `logical_sharding(mesh, rules)`
 (unit tests, eager use) it does nothing; the train/eval steps enter that context inside the
 traced function (`with_logical_sharding`), so activations follow the same rules and mesh as
 the parameters. Building the mesh and reading the rules from a config is
@@ -20,6 +21,16 @@ from collections.abc import Mapping, Sequence
 
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+
+def logical_axes(names: Sequence[str | None]) -> dict:
+  """Variable metadata recording a parameter's logical axis `names` for whoever places it.
+
+  Flax's eager sharding would place each parameter as it is created, which needs the
+  names to be mesh axes and a mesh context; ours are logical names that the Run maps through
+  its rules (perceiver_jax/sharding.py), so the modules build anywhere, with or without a mesh.
+  """
+  return {'out_sharding': tuple(names), 'eager_sharding': False}
 
 
 def logical_to_spec(names: Sequence[str | None] | None, shape: Sequence[int], mesh: Mesh,

@@ -24,6 +24,7 @@ from flax import nnx
 
 from perceiver_jax.model import checks
 from perceiver_jax.model.attention import dense
+from perceiver_jax.model.partitioning import logical_axes
 
 Dtype = Any
 
@@ -127,7 +128,7 @@ class TrainablePositionEncoding(nnx.Module):
     init = jax.nn.initializers.truncated_normal(stddev=init_scale)
     self.pos_embs = nnx.Param(
         init(rngs.params(), (self.index_dim, self.num_channels), param_dtype),
-        out_sharding=(index_name, channel_name))
+        **logical_axes((index_name, channel_name)))
 
   def __call__(self, batch_size: int | None, pos: jax.Array | None = None) -> jax.Array:
     del pos  # A learned table has no notion of coordinates.

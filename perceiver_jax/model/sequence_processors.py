@@ -18,6 +18,7 @@ from flax import nnx
 from perceiver_jax.model import checks
 from perceiver_jax.model import position_encoding as pe
 from perceiver_jax.model.io_processors import PreprocessorOutput, _PositionalPreprocessor
+from perceiver_jax.model.partitioning import logical_axes
 
 Dtype = Any
 
@@ -95,8 +96,8 @@ class Conv1DPreprocessor(_PositionalPreprocessor):
     self.pool_size = int(pool_size)
     self.conv = nnx.Conv(channels, num_channels, (kernel_size,), strides=(stride,),
                          padding='SAME', dtype=dtype, param_dtype=param_dtype,
-                         kernel_metadata={'out_sharding': (None, None, 'input_channels')},
-                         bias_metadata={'out_sharding': ('input_channels',)}, rngs=rngs)
+                         kernel_metadata=logical_axes((None, None, 'input_channels')),
+                         bias_metadata=logical_axes(('input_channels',)), rngs=rngs)
     tokens = -(-(-(-length // stride)) // self.pool_size)
     self._init_position((tokens,), num_channels, position_encoding, combine, rngs, dtype,
                         param_dtype)

@@ -18,6 +18,7 @@ from flax import nnx
 
 from perceiver_jax.model import checks
 from perceiver_jax.model.io_processors import PreprocessorOutput
+from perceiver_jax.model.partitioning import logical_axes
 from perceiver_jax.model.position_encoding import TrainablePositionEncoding
 
 Dtype = Any
@@ -60,7 +61,7 @@ class TextPreprocessor(nnx.Module):
     init = jax.nn.initializers.truncated_normal(stddev=embedding_init_scale)
     self.embeddings = nnx.Param(init(rngs.params(), (self.vocab_size, self.num_channels),
                                      param_dtype),
-                                out_sharding=('vocab', 'input_channels'))
+                                **logical_axes(('vocab', 'input_channels')))
     self.pos_enc = TrainablePositionEncoding(
         self.max_seq_len, self.num_channels, init_scale=position_init_scale,
         channel_name='input_channels', index_name=None, dtype=dtype,
@@ -99,7 +100,7 @@ class EmbeddingDecoder(nnx.Module):
     self.embeddings = embeddings
     self.vocab_size, self.num_channels = embeddings.shape
     self.dtype = dtype
-    self.bias = nnx.Param(jnp.zeros((self.vocab_size,), param_dtype), out_sharding=('vocab',))
+    self.bias = nnx.Param(jnp.zeros((self.vocab_size,), param_dtype), **logical_axes(('vocab',)))
 
   def __call__(self, outputs: jax.Array, *, deterministic: bool = True,
                rngs: nnx.Rngs | None = None) -> jax.Array:

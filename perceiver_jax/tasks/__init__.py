@@ -1,5 +1,7 @@
 """Training objectives by name (`config.task.name`): data mapping, loss and metrics per task.
 
+  causal_lm        packed byte corpora; next-byte prediction at the latents, bits per byte
+                   (causal_lm.py: Perceiver AR)
   classification   (inputs, label) datasets; cross-entropy, accuracy (classification.py)
   flow             frame pairs -> optical flow; end-point error (flow.py)
   image_classification  imagenet2012-style images; the Perceiver ImageNet recipe (crops,
@@ -28,6 +30,7 @@ import ml_collections
 from perceiver_jax.errors import UserError
 from perceiver_jax.tasks.autoencoding import MultimodalAutoencodingTask
 from perceiver_jax.tasks.base import CLASS_LABEL, Task
+from perceiver_jax.tasks.causal_lm import CausalLmTask
 from perceiver_jax.tasks.classification import (ClassificationTask, classification_loss,
                                                 summarize)
 from perceiver_jax.tasks.flow import FlowTask
@@ -36,7 +39,7 @@ from perceiver_jax.tasks.mlm import MlmTask
 from perceiver_jax.tasks.multilabel import MultilabelTask
 from perceiver_jax.tasks.text_classification import TextClassificationTask
 
-TASKS = {'classification': ClassificationTask, 'flow': FlowTask,
+TASKS = {'causal_lm': CausalLmTask, 'classification': ClassificationTask, 'flow': FlowTask,
          'image_classification': ImageClassificationTask, 'mlm': MlmTask,
          'multilabel': MultilabelTask,
          'multimodal_autoencoding': MultimodalAutoencodingTask,

@@ -45,12 +45,13 @@ import dataclasses
 import math
 
 import grain
+import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
 from perceiver_jax.errors import DatasetError, UserError
-from perceiver_jax.tasks.base import CLASS_LABEL, Task
+from perceiver_jax.tasks.base import CLASS_LABEL, Task, check_shape
 
 # The model's modality names (the released multimodal model's) for each batch key.
 MODALITIES = {'video': 'image', 'audio': 'audio', 'label': 'label'}
@@ -253,3 +254,28 @@ class MultimodalAutoencodingTask(Task):
     with np.errstate(divide='ignore'):  # a perfect reconstruction is +inf dB
       metrics = {k: float(v) for k, v in self._metrics(sums, np).items()}
     return {**metrics, 'num_examples': int(sums['count'])}
+
+  # -- prediction -------------------------------------------------------------------------------
+  def predict_example(self, data_config, raw, input_shape):
+    """raw: {'video': uint8 [T, H, W, 3], 'audio': float [S] in [-1, 1]}; predict returns
+    the reconstructions {'video': [T, H, W, 3] in [0, 1], 'audio': [S], 'label': class
+    probabilities}."""
+    if not isinstance(raw, dict) or not {'video', 'audio'} <= set(raw):
+      raise UserError("The multimodal autoencoder takes {'video': frames, 'audio': samples} "
+                      'per example; pass such a dict.')
+    example = {'video': np.asarray(raw['video'], np.uint8),
+               'audio': np.asarray(raw['audio'], np.float32)}
+    check_shape('An input video', example['video'].shape, input_shape[MODALITIES['video']])
+    check_shape('An input audio', example['audio'].shape + (1,),
+                input_shape[MODALITIES['audio']])
+    return example
+
+  def predictions(self, outputs):
+    """{'video' [batch, T*H*W, 3], 'audio' [batch, S], 'label' probabilities [batch, C]}."""
+    return {'video': outputs[MODALITIES['video']], 'audio': outputs[MODALITIES['audio']],
+            'label': jax.nn.softmax(outputs[MODALITIES['label']].astype(jnp.float32), -1)}
+
+  def present(self, predictions, examples):
+    """The video reconstruction in the shape of the input video [batch, T, H, W, 3]."""
+    video = np.asarray(predictions['video'])
+    return {**predictions, 'video': video.reshape(np.shape(examples['video']))}

@@ -7,7 +7,10 @@ A task owns
   * the padding example that fills the last eval batch (per-example 'mask' 0);
   * how a batch feeds the model (model_inputs);
   * the loss and summed metrics from model outputs and a batch, exact over eval padding,
-    and how accumulated sums become the reported metrics.
+    and how accumulated sums become the reported metrics;
+  * prediction: how one raw input (an image array, a text, two frames) becomes a model
+    example through the same transforms evaluation applies, and how model outputs become
+    what `perceiver_jax.predict` returns.
 The pipeline, the step functions, the trainer and the evaluator call only this interface.
 """
 
@@ -19,6 +22,8 @@ from typing import Any
 
 import jax
 import numpy as np
+
+from perceiver_jax.errors import UserError
 
 Transform = Any  # a grain.transforms.Map | RandomMap | MapWithIndex
 Batch = Mapping[str, jax.Array]
@@ -120,3 +125,29 @@ class Task:
   def summarize(self, sums: Mapping[str, Any]) -> dict[str, float]:
     """Reported metrics from sums accumulated over many batches (host floats)."""
     raise NotImplementedError
+
+  # -- prediction -------------------------------------------------------------------------------
+  def predict_example(self, data_config, raw, input_shape) -> dict[str, Any]:
+    """One raw input as a user holds it -> a model example {'inputs': ...} (no batch axis),
+    made by the transforms evaluation applies; UserError (one sentence) when it does not
+    fit `input_shape`, the model's per-example input shape."""
+    raise UserError(f'The {self.name!r} task has no predict path; predict supports '
+                    'classification, image_classification, text_classification, mlm, flow, '
+                    'multilabel and multimodal_autoencoding models.')
+
+  def predictions(self, outputs):
+    """Model outputs [batch, ...] -> what predict returns (traced, jnp only: it is also
+    the exported function's tail), e.g. class probabilities."""
+    return outputs
+
+  def present(self, predictions, examples: Mapping[str, np.ndarray]):
+    """Host: predictions (numpy, [batch, ...]) and the batch's examples -> predict's
+    result, e.g. filled texts."""
+    return predictions
+
+
+def check_shape(what: str, shape, input_shape) -> None:
+  """UserError unless `shape` equals the model's per-example `input_shape`."""
+  if tuple(shape) != tuple(input_shape):
+    raise UserError(f'{what} has shape {tuple(shape)}, but the model takes inputs of shape '
+                    f'{tuple(input_shape)}; pass inputs of that shape, one per example.')

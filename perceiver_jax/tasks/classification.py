@@ -9,7 +9,7 @@ import optax
 
 from perceiver_jax.data import transforms
 from perceiver_jax.errors import DatasetError, UserError
-from perceiver_jax.tasks.base import CLASS_LABEL, Task
+from perceiver_jax.tasks.base import CLASS_LABEL, Task, check_shape
 
 
 def classification_loss(logits: jax.Array, labels: jax.Array, mask: jax.Array | None = None,
@@ -51,6 +51,10 @@ def summarize(sums: dict[str, float]) -> dict[str, float]:
   count = max(float(sums['count']), 1.0)
   return {'loss': float(sums['loss']) / count, 'accuracy': float(sums['correct']) / count,
           'num_examples': int(sums['count'])}
+
+
+def _normalize(data_config) -> transforms.Normalize:
+  return transforms.Normalize(*(getattr(data_config, 'normalize', None) or (0.0, 1.0)))
 
 
 class ClassificationTask(Task):
@@ -109,8 +113,7 @@ class ClassificationTask(Task):
 
   def prepare(self, data_config, builder):
     inputs_key, label_key = self._keys(builder)
-    normalize = getattr(data_config, 'normalize', None) or (0.0, 1.0)
-    return (transforms.ToSupervised(inputs_key, label_key), transforms.Normalize(*normalize))
+    return (transforms.ToSupervised(inputs_key, label_key), _normalize(data_config))
 
   def train_transforms(self, data_config):
     augment = getattr(data_config, 'augment', '') or ''
@@ -139,3 +142,15 @@ class ClassificationTask(Task):
 
   def summarize(self, sums):
     return summarize(sums)
+
+  # -- prediction -------------------------------------------------------------------------------
+  def predict_example(self, data_config, raw, input_shape):
+    """raw: an array as the dataset stores inputs (e.g. digits float [8, 8, 1] in 0..16, a
+    point cloud [points, 3]), normalised by data.normalize as in training."""
+    raw = np.asarray(raw)
+    check_shape('An input', raw.shape, input_shape)
+    return _normalize(data_config).map({'inputs': raw})
+
+  def predictions(self, outputs):
+    """Class probabilities [batch, num_classes]."""
+    return jax.nn.softmax(outputs.astype(jnp.float32), axis=-1)

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from perceiver_jax.errors import DatasetError, UserError
-from perceiver_jax.tasks.base import Task
+from perceiver_jax.tasks.base import Task, check_shape
 
 FLOW_LOSSES = ('epe', 'l1')
 THRESHOLDS = (1, 3, 5)  # pixels: the '1px', '3px', '5px' accuracies
@@ -88,13 +88,17 @@ class CenterFlowCrop(grain.transforms.Map):
                  self.size)
 
 
+def scale_frames(frames) -> np.ndarray:
+  """uint8 frames [2, H, W, 3] -> float32 in [-1, 1], as the released model's colab."""
+  return np.asarray(frames, np.float32) * np.float32(2.0 / 255.0) - np.float32(1.0)
+
+
 @dataclasses.dataclass(frozen=True)
 class ToFlowExample(grain.transforms.Map):
   """frames uint8 -> inputs float32 in [-1, 1]; flow float32; valid float32."""
 
   def map(self, element):
-    frames = np.asarray(element['frames'], np.float32)
-    return {'inputs': frames * np.float32(2.0 / 255.0) - np.float32(1.0),
+    return {'inputs': scale_frames(element['frames']),
             'flow': np.ascontiguousarray(element['flow'], np.float32),
             'valid': np.asarray(element['valid'], np.float32)}
 
@@ -237,3 +241,14 @@ class FlowTask(Task):
     metrics = {k: float(v) for k, v in flow_metrics(sums, np).items()}
     return {**metrics, 'num_pixels': int(sums['valid_pixels']),
             'num_examples': int(sums['examples'])}
+
+  # -- prediction -------------------------------------------------------------------------------
+  def predict_example(self, data_config, raw, input_shape):
+    """raw: two RGB frames uint8 [2, H, W, 3] (frame 1, frame 2) of the model's size;
+    predict returns flow float32 [H, W, 2] (dx, dy) in pixels from frame 1 to frame 2."""
+    raw = np.asarray(raw)
+    if raw.dtype != np.uint8:
+      raise UserError(f'Flow frames have dtype {raw.dtype}; pass the two frames as uint8 RGB '
+                      'images (image files, or arrays [2, height, width, 3]).')
+    check_shape('A frame pair', raw.shape, input_shape)
+    return {'inputs': scale_frames(raw)}

@@ -194,6 +194,24 @@ class ImageClassificationTask(Task):
     return (image_augment.MixUpCutMix(self.model_classes, float(self.mixup_alpha),
                                       float(self.cutmix_alpha)),)
 
+  # -- prediction -------------------------------------------------------------------------------
+  def predict_example(self, data_config, raw, input_shape):
+    """raw: an RGB image uint8 [height, width, 3] of any size, centre-cropped, resized and
+    normalised as evaluation does."""
+    raw = np.asarray(raw)
+    if raw.ndim != 3 or raw.shape[-1] != 3 or raw.dtype != np.uint8:
+      raise UserError(f'An input image has shape {raw.shape} and dtype {raw.dtype}, but this '
+                      'model takes RGB images uint8 [height, width, 3]; pass image files or '
+                      'such arrays.')
+    example = {'inputs': raw}
+    for op in self.eval_transforms(data_config):
+      example = op.map(example)
+    return example
+
+  def predictions(self, outputs):
+    """Class probabilities [batch, num_classes]."""
+    return jax.nn.softmax(outputs.astype(jnp.float32), axis=-1)
+
   def padding_example(self, example):
     return {'inputs': np.zeros_like(example['inputs']), 'label': np.int32(0),
             'mask': np.float32(0.0)}

@@ -42,9 +42,10 @@ import tensorflow_datasets as tfds
 from perceiver_jax.data import mlm_masking, text_windows
 from perceiver_jax.errors import DatasetError, UserError
 from perceiver_jax.tasks.base import Task
-from perceiver_jax.tokenizer import PAD_ID, VOCAB_SIZE
+from perceiver_jax.tokenizer import MASK_ID, PAD_ID, SPECIAL_TOKENS, VOCAB_SIZE, BytesTokenizer
 
 SEQ_LEN = 2048  # text corpora: bytes per window, as the released model reads
+MASK = SPECIAL_TOKENS[MASK_ID]  # '[MASK]': one masked byte in a text given to predict
 DOCUMENT = 'document'  # a text corpus example before windowing: uint8 [n], one document
 
 
@@ -95,6 +96,27 @@ class FixedSeedWholeWordMask(grain.transforms.MapWithIndex):
   def map_with_index(self, index: int, element):
     element = _window(element, self.seq_len, None)
     return self.mask.random_map(element, np.random.default_rng([self.seed, int(index)]))
+
+
+def masked_ids(text: str) -> np.ndarray:
+  """A text in which each '[MASK]' stands for one masked byte -> int32 ids [n] (the
+  training encoding: UTF-8 bytes + 6, no [CLS]/[SEP]; [MASK] ids where marked)."""
+  tokenizer = BytesTokenizer()
+  pieces = [tokenizer.encode(piece) for piece in str(text).split(MASK)]
+  ids = [pieces[0]]
+  for piece in pieces[1:]:
+    ids += [np.asarray([MASK_ID], np.int32), piece]
+  return np.concatenate(ids).astype(np.int32)
+
+
+def mask_substring(text: str, substring: str) -> str:
+  """`text` with every byte of the last occurrence of `substring` written as '[MASK]'
+  (the reference example masks the bytes of ' missing.')."""
+  start = text.rfind(substring)
+  if not substring or start < 0:
+    raise UserError(f'The text to mask, {substring!r}, does not occur in the text {text!r}; '
+                    'pass a part of the text.')
+  return text[:start] + MASK * len(substring.encode('utf-8')) + text[start + len(substring):]
 
 
 def mlm_sums(logits: jax.Array, targets: jax.Array, weights: jax.Array
@@ -223,3 +245,30 @@ class MlmTask(Task):
     sums = {k: float(v) for k, v in sums.items()}
     metrics = {k: float(v) for k, v in mlm_metrics(sums, np).items()}
     return {**metrics, 'num_targets': int(sums['count']), 'num_examples': int(sums['examples'])}
+
+  # -- prediction -------------------------------------------------------------------------------
+  def predict_example(self, data_config, raw, input_shape):
+    """raw: a text in which each '[MASK]' is one masked byte; predict returns the text with
+    every masked byte replaced by the model's most likely byte."""
+    if not isinstance(raw, (str, bytes)):
+      raise UserError(f'The mlm model takes texts, not {type(raw).__name__}; pass a string '
+                      "in which each '[MASK]' stands for one byte to fill.")
+    ids = masked_ids(raw.decode('utf-8') if isinstance(raw, bytes) else raw)
+    seq_len = int(input_shape[0])
+    if len(ids) > seq_len:
+      raise UserError(f'A text of {len(ids)} bytes is longer than the {seq_len} bytes this '
+                      'model reads; shorten it.')
+    inputs = np.full((seq_len,), PAD_ID, np.int32)
+    inputs[:len(ids)] = ids
+    return {'inputs': inputs}
+
+  def predictions(self, outputs):
+    """The most likely id at every position [batch, seq]."""
+    return jnp.argmax(outputs, axis=-1).astype(jnp.int32)
+
+  def present(self, predictions, examples):
+    """The texts with their [MASK] bytes replaced by the predicted ones."""
+    inputs = np.asarray(examples['inputs'])
+    filled = np.where(inputs == MASK_ID, predictions, inputs)
+    tokenizer = BytesTokenizer()
+    return [tokenizer.decode(row[row != PAD_ID]) for row in filled]

@@ -35,7 +35,7 @@ import numpy as np
 import optax
 
 from perceiver_jax.errors import DatasetError, UserError
-from perceiver_jax.tasks.base import Task
+from perceiver_jax.tasks.base import Task, check_shape
 
 
 # ------------------------------------------------------------------------------------------
@@ -258,3 +258,28 @@ class MultilabelTask(Task):
                                  np.asarray(sums['labels'])[real])
     return {'loss': float(sums['loss']) / max(count, 1.0), **metrics,
             'num_examples': int(real.sum())}
+
+  # -- prediction -------------------------------------------------------------------------------
+  def predict_example(self, data_config, raw, input_shape):
+    """raw: a waveform float [samples] (with task.video_key: {'audio': [samples], 'video':
+    uint8 [frames, H, W, 3]}), centre-clipped as evaluation does; predict returns
+    per-class probabilities (sigmoid)."""
+    if self.video_key:
+      if not isinstance(raw, dict) or set(raw) != {'audio', 'video'}:
+        raise UserError("This multilabel model takes {'audio': waveform, 'video': frames} "
+                        'per example; pass such a dict.')
+      inputs = {'audio': np.asarray(raw['audio'], np.float32), 'image': np.asarray(raw['video'])}
+    else:
+      inputs = np.asarray(raw, np.float32)
+    example = CenterClip(self.clip_samples, self.clip_frames).map({'inputs': inputs})
+    shapes = jax.tree.map(np.shape, example['inputs'])
+    if self.video_key:
+      for key in ('audio', 'image'):
+        check_shape(f'An input {key}', shapes[key], input_shape[key])
+    else:
+      check_shape('An input waveform', shapes, input_shape)
+    return example
+
+  def predictions(self, outputs):
+    """Per-class probabilities [batch, num_classes]."""
+    return jax.nn.sigmoid(outputs.astype(jnp.float32))

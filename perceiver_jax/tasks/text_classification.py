@@ -114,3 +114,13 @@ class TextClassificationTask(ClassificationTask):
   def model_inputs(self, batch):
     """inputs int32 [batch, seq] and input_mask bool [batch, seq] (False at padding)."""
     return {'inputs': batch['inputs'], 'input_mask': batch['inputs'] != PAD_ID}
+
+  # -- prediction -------------------------------------------------------------------------------
+  def predict_example(self, data_config, raw, input_shape):
+    """raw: a text, or a tuple of texts (one per config.task.text_keys), encoded and cut to
+    seq_len as in training; predict returns class probabilities."""
+    texts = (raw,) if isinstance(raw, (str, bytes)) else tuple(raw)
+    if not texts or not all(isinstance(t, (str, bytes)) for t in texts):
+      raise UserError('The text_classification model takes texts; pass a string (or a tuple '
+                      'of strings, one per config.task.text_keys) per example.')
+    return {'inputs': text_windows.encode_texts(texts, int(input_shape[0]))}

@@ -29,10 +29,19 @@ gives the file back exactly. Features per example:
   window_index  int32 []         position of the window in its file, 0, 1, ...
 Examples are stored in generator order (file path, then window index).
 
+Packed configs (long contexts, Perceiver AR): a split's files, in path order, each
+followed by one zero byte (a document separator that source files do not contain), are
+concatenated into one stream and cut into full windows; the incomplete tail is dropped.
+`length` is then always `window`, `path` names the file the window starts in and
+`window_index` counts windows through the split's stream.
+
 Configs:
-  full  all eligible files, window 512.
-  tiny  6 train + 2 test files (the first eligible ones under 16 KiB in path
-        order), window 128; for tests.
+  full         all eligible files, window 512.
+  tiny         6 train + 2 test files (the first eligible ones under 16 KiB in path
+               order), window 128; for tests.
+  packed       all eligible files packed into windows of 16385 bytes (a 16384-byte
+               context and the byte after it).
+  packed_tiny  the tiny files packed into windows of 513 bytes; for tests.
 """
 
 from __future__ import annotations
@@ -133,6 +142,7 @@ class PythonStdlibConfig(tfds.core.BuilderConfig):
   window: int = 512
   files_per_split: dict[str, int] | None = None
   max_file_bytes: int | None = None
+  packed: bool = False
 
   def __post_init__(self):
     if self.window < 1:
@@ -156,6 +166,12 @@ class PythonStdlib(tfds.core.GeneratorBasedBuilder):
       PythonStdlibConfig(name='tiny', window=128,
                          files_per_split={'train': 6, 'test': 2}, max_file_bytes=16384,
                          description='6 train + 2 test small files, 128-byte windows.'),
+      PythonStdlibConfig(name='packed', window=16385, packed=True,
+                         description='All eligible stdlib files packed into full '
+                                     '16385-byte windows.'),
+      PythonStdlibConfig(name='packed_tiny', window=513, packed=True,
+                         files_per_split={'train': 6, 'test': 2}, max_file_bytes=16384,
+                         description='The tiny files packed into full 513-byte windows.'),
   ]
   DEFAULT_CONFIG_NAME = 'full'
 
@@ -195,9 +211,26 @@ class PythonStdlib(tfds.core.GeneratorBasedBuilder):
 
   def _generate_examples(self, root: str, paths: list[str]):
     window = self.builder_config.window
+    if self.builder_config.packed:
+      yield from self._packed_examples(root, paths, window)
+      return
     for rel in paths:
       data = _read(os.path.join(root, rel))
       for i, (chunk, length) in enumerate(zip(*windows(data, window))):
         # Key = path and window, so each example is traceable to its source.
         yield f'{rel}:{i}', {'bytes': chunk, 'length': int(length), 'path': rel,
                              'window_index': i}
+
+  def _packed_examples(self, root: str, paths: list[str], window: int):
+    stream, starts = bytearray(), []  # starts: (offset, path) of each document
+    for rel in paths:
+      starts.append((len(stream), rel))
+      stream += _read(os.path.join(root, rel)) + b'\0'
+    offsets = [offset for offset, _ in starts]
+    for i in range(len(stream) // window):
+      begin = i * window
+      # The file the window starts in: the last document starting at or before it.
+      rel = starts[int(np.searchsorted(offsets, begin, side='right')) - 1][1]
+      chunk = np.frombuffer(bytes(stream[begin:begin + window]), np.uint8)
+      yield f'packed:{i}', {'bytes': chunk, 'length': window, 'path': rel,
+                            'window_index': i}

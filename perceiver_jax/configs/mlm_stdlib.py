@@ -17,8 +17,8 @@ Variants (configs/mlm_stdlib.py:runlocal,steps=N):
   steps=N    training steps (default: the recipe's)
 """
 
-from configs import common
-from configs.pretrained import language_perceiver
+from perceiver_jax.configs import common
+from perceiver_jax.configs.pretrained import language_perceiver
 from perceiver_jax import tasks
 from perceiver_jax.tokenizer import VOCAB_SIZE  # 256 bytes + the special ids
 

@@ -18,8 +18,8 @@ Variants (configs/flow_skimage.py:runlocal,steps=N):
   steps=N    training steps (default: the recipe's)
 """
 
-from configs import common
-from configs.pretrained import optical_flow_perceiver
+from perceiver_jax.configs import common
+from perceiver_jax.configs.pretrained import optical_flow_perceiver
 from perceiver_jax import tasks
 from perceiver_jax.model.build import part
 

@@ -1,7 +1,7 @@
 """Shared part of the three ImageNet classifiers released with Perceiver IO
 (DeepMind's imagenet_classification colab; HF deepmind/vision-perceiver-*)."""
 
-from configs import common
+from perceiver_jax.configs import common
 from perceiver_jax.model.build import part
 
 IMAGE_SHAPE = (224, 224, 3)

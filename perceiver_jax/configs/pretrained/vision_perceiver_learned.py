@@ -7,7 +7,7 @@ decodes without the query residual; HF's PerceiverForImageClassificationLearned 
 (set --config.model.decoder.use_query_residual=True to reproduce HF's outputs).
 """
 
-from configs.pretrained import _vision
+from perceiver_jax.configs.pretrained import _vision
 from perceiver_jax.model.build import part
 
 INPUT_SHAPE = _vision.IMAGE_SHAPE

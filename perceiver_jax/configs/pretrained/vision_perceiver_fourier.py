@@ -3,7 +3,7 @@ concatenated with 2-D Fourier features (64 bands per axis, max_resolution 224, s
 cos, raw position): 3 + 2 * (2 * 64 + 1) = 261 input channels per pixel.
 """
 
-from configs.pretrained import _vision
+from perceiver_jax.configs.pretrained import _vision
 from perceiver_jax.model.build import part
 
 INPUT_SHAPE = _vision.IMAGE_SHAPE

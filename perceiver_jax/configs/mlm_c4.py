@@ -45,8 +45,8 @@ Variants (configs/mlm_c4.py:data=wikipedia,steps=N):
   steps=N               training steps (default: the recipe's)
 """
 
-from configs import common
-from configs.pretrained import language_perceiver
+from perceiver_jax.configs import common
+from perceiver_jax.configs.pretrained import language_perceiver
 from perceiver_jax import tasks
 
 # TFDS name, train split, eval split; each corpus has a 'text' feature.

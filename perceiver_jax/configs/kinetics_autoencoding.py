@@ -45,8 +45,8 @@ Variants (configs/kinetics_autoencoding.py:runlocal,steps=N):
   steps=N    training steps (default: the recipe's)
 """
 
-from configs import common
-from configs.pretrained import multimodal_perceiver as released
+from perceiver_jax.configs import common
+from perceiver_jax.configs.pretrained import multimodal_perceiver as released
 from perceiver_jax import tasks
 
 # runlocal: the generated clips of kinetics_files/synthetic.

@@ -14,7 +14,7 @@ Pass the input mask as input_mask (and, as DeepMind's colab does, as query_mask;
 HF's model ignores it on the decoder side, which only changes the padded positions).
 """
 
-from configs import common
+from perceiver_jax.configs import common
 from perceiver_jax.model.build import part
 
 MAX_SEQ_LEN = 2048

@@ -33,8 +33,8 @@ Variants (configs/imagenet_perceiver.py:batch=256,steps=1000):
   steps=N    training steps (overrides epochs)
 """
 
-from configs import _imagenet
-from configs import common
+from perceiver_jax.configs import _imagenet
+from perceiver_jax.configs import common
 from perceiver_jax.model.build import part
 
 

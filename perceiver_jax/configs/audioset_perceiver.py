@@ -52,7 +52,7 @@ Variants (configs/audioset_perceiver.py:modality=audio,runlocal,steps=N):
   steps=N               training steps (default: the recipe's)
 """
 
-from configs import common
+from perceiver_jax.configs import common
 from perceiver_jax import tasks
 from perceiver_jax.model.build import modality_config, part
 

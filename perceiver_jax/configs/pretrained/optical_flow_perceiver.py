@@ -13,7 +13,7 @@ Decoding all 182528 queries at once needs [batch, 182528, 2048] attention weight
 --config.model.decoder.query_chunk_size=N decodes N pixels at a time (same outputs).
 """
 
-from configs import common
+from perceiver_jax.configs import common
 from perceiver_jax.model.build import part
 
 TRAIN_SIZE = (368, 496)

@@ -12,7 +12,7 @@ Variants (configs/mnist1d.py:model=raw,data=shuffled):
   steps=N        training steps (default 2000 for conv, 5000 for patches, 3000 for raw)
 """
 
-from configs import common
+from perceiver_jax.configs import common
 from perceiver_jax.model.build import part
 
 

@@ -6,7 +6,7 @@ conv_padding='same' is DeepMind's TF SAME padding (56x56 features); HF's port pa
 differently and yields 55x55 (--config.model.preprocessor.conv_padding=transformers).
 """
 
-from configs.pretrained import _vision
+from perceiver_jax.configs.pretrained import _vision
 from perceiver_jax.model.build import part
 
 INPUT_SHAPE = _vision.IMAGE_SHAPE

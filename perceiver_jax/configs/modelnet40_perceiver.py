@@ -47,7 +47,7 @@ Variants (configs/modelnet40_perceiver.py:synthetic,steps=N):
   steps=N    training steps (default: the recipe's)
 """
 
-from configs import common
+from perceiver_jax.configs import common
 from perceiver_jax.model.build import part
 
 PAPER_BANDS = 64

@@ -40,8 +40,8 @@ Variants (configs/flow_autoflow.py:data=kitti2015,batch=64):
   runlocal      the same structure, tiny, on the embedded skimage_flow/tiny: for tests
 """
 
-from configs import common
-from configs.pretrained import optical_flow_perceiver
+from perceiver_jax.configs import common
+from perceiver_jax.configs.pretrained import optical_flow_perceiver
 from perceiver_jax import tasks
 
 DATASETS = ('autoflow', 'sintel_clean', 'sintel_final', 'kitti2015')

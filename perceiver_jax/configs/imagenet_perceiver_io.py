@@ -29,10 +29,10 @@ Variants (configs/imagenet_perceiver_io.py:pos=conv,batch=512):
   steps=N    training steps (overrides epochs)
 """
 
-from configs import _imagenet
-from configs import common
-from configs.pretrained import (vision_perceiver_conv, vision_perceiver_fourier,
-                                vision_perceiver_learned)
+from perceiver_jax.configs import _imagenet
+from perceiver_jax.configs import common
+from perceiver_jax.configs.pretrained import (vision_perceiver_conv, vision_perceiver_fourier,
+                                              vision_perceiver_learned)
 
 ARCHITECTURES = {'fourier': vision_perceiver_fourier, 'learned': vision_perceiver_learned,
                  'conv': vision_perceiver_conv}

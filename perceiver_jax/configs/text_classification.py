@@ -43,8 +43,8 @@ Variants (configs/text_classification.py:data=mnli,steps=N):
   steps=N       training steps (default: 10 epochs)
 """
 
-from configs import common
-from configs import mlm_c4
+from perceiver_jax.configs import common
+from perceiver_jax.configs import mlm_c4
 from perceiver_jax import tasks
 from perceiver_jax.model.build import part
 

@@ -8,7 +8,7 @@ shared after the first) with two cross-attend heads over 2x2 patches: on 1437 tr
 images it generalises better than one cross-attend with one head.
 """
 
-from configs import common
+from perceiver_jax.configs import common
 from perceiver_jax.model.build import part
 
 

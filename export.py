@@ -1,0 +1,9 @@
+"""Exports a workdir's forward pass as StableHLO with a symbolic batch dimension.
+
+  python export.py --workdir=workdirs/digits --output=exported/digits
+"""
+
+from perceiver_jax.cli import export_main
+
+if __name__ == '__main__':
+  export_main()

@@ -1,0 +1,9 @@
+"""Generates text with a trained Perceiver AR model:
+
+  python sample.py --workdir=workdirs/ar_stdlib --prompt='def main(' --num_tokens=200
+"""
+
+from perceiver_jax.cli import sample_main
+
+if __name__ == '__main__':
+  sample_main()
