@@ -37,7 +37,12 @@ def load_run(workdir: str) -> dict:
   if not os.path.isfile(path):
     raise UserError(f'No metrics.jsonl in {workdir!r}: give perceiver-report the --workdir '
                     'of a train.py run.')
-  records = _read_records(path)
+  records, other_lines = _read_records(path)
+  if not records and other_lines:
+    raise UserError(f'{path} is damaged or not a metrics log: none of its {len(other_lines)} '
+                    f'lines is a JSON record with an integer "step" (line 1: '
+                    f'{other_lines[0][:40]!r}); restore it from a copy or point '
+                    'perceiver-report at another workdir.')
   if not records:
     raise UserError(f'{path} holds no metrics yet: wait for the first logged step '
                     '(train.log_every_steps) and run perceiver-report again.')
@@ -49,7 +54,10 @@ def load_run(workdir: str) -> dict:
   for (split, _), record in sorted(latest.items(), key=lambda kv: kv[0][1]):
     by_split.setdefault(split, []).append(record)
   evals = []
+  # eval_<step>.json only: eval_<step>.<id>.json were made under other settings.
   for name in glob.glob(os.path.join(workdir, 'eval_*.json')):
+    if not re.fullmatch(r'eval_\d+\.json', os.path.basename(name)):
+      continue
     loaded = _read_json(name)
     if isinstance(loaded, dict) and 'step' in loaded:
       evals.append(loaded)
@@ -58,17 +66,21 @@ def load_run(workdir: str) -> dict:
               evals=sorted(evals, key=lambda e: e['step']))
 
 
-def _read_records(path: str) -> list[dict]:
-  out = []
-  with open(path) as f:
+def _read_records(path: str) -> tuple[list[dict], list[str]]:
+  """(the records with an integer step, the other non-blank lines). Undecodable bytes
+  make lines that are not records, not an error."""
+  out, others = [], []
+  with open(path, errors='replace') as f:
     for line in f:
       try:
         record = json.loads(line)
       except json.JSONDecodeError:
-        continue  # the last line of a run killed mid-write
+        record = None  # e.g. the last line of a run killed mid-write
       if isinstance(record, dict) and isinstance(record.get('step'), int):
         out.append(record)
-  return out
+      elif line.strip():
+        others.append(line.strip())
+  return out, others
 
 
 def _read_json(path: str):

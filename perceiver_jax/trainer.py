@@ -10,7 +10,7 @@ import time
 import jax
 
 from perceiver_jax import checkpoint as ckpt
-from perceiver_jax import finetune, nonfinite, preemption, workdir_config, workdir_lock
+from perceiver_jax import config_changes, finetune, nonfinite, preemption, workdir_lock
 from perceiver_jax import sharding as shd
 from perceiver_jax import steps
 from perceiver_jax.metrics_log import MetricsLog, Progress, format_metrics
@@ -30,6 +30,18 @@ def train_and_evaluate(config, workdir: str) -> dict:
     return _train_and_evaluate(config, workdir, cleanup)
 
 
+def _refuse_another_recipe(config, workdir: str) -> None:
+  """A resume whose config changes the recipe unasked is refused before anything in the
+  workdir is written (the lock file included)."""
+  if not os.path.isdir(ckpt.checkpoint_dir(workdir)):
+    return
+  manager = ckpt.make_manager(workdir, read_only=True)
+  latest = manager.latest_step()
+  manager.close()
+  if latest:
+    config_changes.check_resume(workdir, config, latest)
+
+
 def _train_and_evaluate(config, workdir: str, cleanup: contextlib.ExitStack) -> dict:
   # ----------------------------------------------------------------------------------------
   # Set-up, once: config, workdir, mesh, task, dataset, abstract model and shardings
@@ -37,6 +49,7 @@ def _train_and_evaluate(config, workdir: str, cleanup: contextlib.ExitStack) -> 
   # ----------------------------------------------------------------------------------------
   run = Run.create(config, workdir)
   mesh, task = run.mesh, run.task
+  _refuse_another_recipe(config, workdir)
   os.makedirs(workdir, exist_ok=True)
   # One trainer per workdir; taken before anything in it is written.
   cleanup.enter_context(workdir_lock.acquire(workdir, process_index=jax.process_index()))
@@ -69,9 +82,10 @@ def _train_and_evaluate(config, workdir: str, cleanup: contextlib.ExitStack) -> 
     state = finetune.init_from_checkpoint(state, run.state_shardings, config.init_from,
                                           config.get('init_exclude', ''),
                                           config.get('init_rename', ''))
-  # Written only once the workdir's checkpoints are known to fit this config.
+  # Written only once the workdir's checkpoints are known to fit this config; the configs
+  # of earlier starts are kept.
   if jax.process_index() == 0:
-    workdir_config.write(workdir, config)
+    config_changes.record_start(workdir, config, start_step)
 
   train_step = run.train_step()
   eval_step = run.eval_step()

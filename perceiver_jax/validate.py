@@ -219,7 +219,31 @@ def check_workdir(workdir: str, *, training: bool = True) -> None:
   if not os.path.isdir(existing):
     raise UserError(f'--workdir={workdir} cannot be created because {existing} is a file, not '
                     'a directory; choose another --workdir.')
+  _check_name_lengths(workdir, path, existing)
   if not os.access(existing, os.W_OK | os.X_OK):
     what = 'the workdir' if existing == path else f'its parent {existing}'
     raise UserError(f'--workdir={workdir} is not writable ({what} denies write permission); '
                     'choose a --workdir you can write to, or fix the permissions.')
+
+
+# What Orbax adds below the workdir at most: checkpoints/<step>.orbax-checkpoint-tmp-<time>/
+# state/ocdbt.process_<i>/d/<32 hex digits>.
+_DEEPEST_FILE = 160
+
+
+def _check_name_lengths(workdir: str, path: str, existing: str) -> None:
+  """A workdir the file system cannot name fails here, not at its first write."""
+  try:
+    name_max = os.pathconf(existing, 'PC_NAME_MAX')
+    path_max = os.pathconf(existing, 'PC_PATH_MAX')
+  except (OSError, ValueError):
+    name_max, path_max = 255, 4096
+  for part in path.split(os.sep):
+    if len(os.fsencode(part)) > name_max:
+      raise UserError(f'--workdir has a folder name of {len(os.fsencode(part))} bytes '
+                      f'({part[:24]}...), longer than this file system allows ({name_max}); '
+                      'choose a shorter --workdir.')
+  if len(os.fsencode(path)) + _DEEPEST_FILE > path_max:
+    raise UserError(f'--workdir={workdir[:60]}... is {len(os.fsencode(path))} bytes long, too '
+                    f'long for the checkpoint files below it (the file system allows paths of '
+                    f'{path_max}); choose a shorter --workdir.')

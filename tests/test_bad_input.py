@@ -6,7 +6,10 @@ the single stderr line and an untouched workdir.
 """
 
 import hashlib
+import json
+import logging
 import os
+import shutil
 import sys
 
 import numpy as np
@@ -15,7 +18,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from perceiver_jax import evaluator, flag_parsing
-from perceiver_jax import trainer
+from perceiver_jax import trainer, workdir_config
 from perceiver_jax.data import pipeline
 from perceiver_jax.errors import DatasetError, UserError
 from perceiver_jax.run import Run
@@ -178,6 +181,58 @@ def test_workdir_that_cannot_be_written(data_dir, tmp_path, monkeypatch):
   assert a_file.read_text() == 'keep me'
 
 
+def _garble_dataset_info(data_dir, tmp_path, content):
+  """A copy of data_dir whose mnist1d/plain dataset_info.json holds `content`."""
+  copy = tmp_path / 'tfds'
+  shutil.copytree(data_dir, copy)
+  (info,) = copy.glob('mnist1d/plain/*/dataset_info.json')
+  info.write_text(content)
+  return str(copy), str(info)
+
+
+@pytest.mark.parametrize('case', ['data_dir is a file', 'data_dir under a file',
+                                  'TFDS_DATA_DIR is a file', 'TFDS_DATA_DIR unreachable',
+                                  'workdir name too long', 'garbage dataset_info.json',
+                                  'empty dataset_info.json', 'dataset_info.json not an object'])
+def test_file_system_errors_are_one_sentence(case, data_dir, tmp_path, monkeypatch):
+  a_file = tmp_path / 'a_file'
+  a_file.write_text('keep me')
+  workdir, flags, fragment = tmp_path / 'run', [f'--config.data.data_dir={data_dir}'], None
+  if case == 'data_dir is a file':
+    flags = [f'--config.data.data_dir={a_file}']
+    fragment = f'config.data.data_dir={a_file} is a file, not a directory; point it at a TFDS'
+  elif case == 'data_dir under a file':
+    flags = [f'--config.data.data_dir={a_file}/tfds']
+    fragment = f'tfds lies under {a_file}, which is a file, not a directory'
+  elif case.startswith('TFDS_DATA_DIR'):
+    flags = []
+    unreachable = case.endswith('unreachable')
+    value = '/proc/no_such_mount/tfds' if unreachable else str(a_file)
+    monkeypatch.setenv('TFDS_DATA_DIR', value)
+    fragment = (f"data_dir '{value}' cannot be created (No such file or directory); set "
+                'config.data.data_dir (or $TFDS_DATA_DIR)' if unreachable else
+                f'$TFDS_DATA_DIR={a_file} is a file, not a directory')
+  elif case == 'workdir name too long':
+    workdir = tmp_path / ('w' * 300) / 'run'
+    fragment = ('--workdir has a folder name of 300 bytes (wwwwwwwwwwwwwwwwwwwwwwww...), longer '
+                'than this file system allows')
+  else:
+    content = {'garbage': '{"name": "mnist1d", ', 'empty': '', 'dataset_info.json': '[1, 2]'}[
+        case.split()[0]]
+    copy, info = _garble_dataset_info(data_dir, tmp_path, content)
+    flags = [f'--config.data.data_dir={copy}']
+    fragment = (f"Dataset 'mnist1d/plain' is prepared in data_dir '{copy}', but its {info} "
+                f'cannot be read (')
+  argv = ['train.py', CONFIG, f'--workdir={workdir}', '--config.train.batch_size=16', *flags]
+  with pytest.raises(UserError) as e:
+    _cli_checks(argv, monkeypatch)
+  message = str(e.value)
+  assert fragment in message and '\n' not in message and message.endswith('.'), message
+  assert 'unknown config' not in message
+  # Nothing created (a name too long cannot even be asked about).
+  assert set(os.listdir(tmp_path)) <= {'a_file', 'tfds'} and a_file.read_text() == 'keep me'
+
+
 @pytest.mark.parametrize('overrides,fragment', [
     ({'model.encoder.num_self_attend_heads': 3}, 'not divisible by num_self_attend_heads=3'),
     ({'data.eval_split': 'dev'}, "Split 'dev' does not exist"),
@@ -238,6 +293,18 @@ def _assert_one_sentence(proc, *fragments):
                                       '--config.train.batch_size']),
     (['--config.model.encoder.num_latent_channels=33'], ['num_latent_channels=33 is not '
                                                          'divisible']),
+    # A resume with another recipe (config.json of the trained run is the reference).
+    (['--config.optimizer.learning_rate=0.01'],
+     ['at step 2 with a config that differs from the one it was trained with (config.json) '
+      'in optimizer.learning_rate: 0.002 -> 0.01;',
+      'pass --config.allow_changes=optimizer.learning_rate to accept']),
+    # Under a cosine schedule the step count reshapes the learning rate of every step left.
+    (['--config.train.num_steps=5', '--config.data.normalize=(0.5,1.0)'],
+     ['in data.normalize: (0.0, 1.0) -> (0.5, 1.0), train.num_steps: 3 -> 5;',
+      '--config.allow_changes=data.normalize,train.num_steps']),
+    # Acknowledging one change leaves the other refused.
+    (['--config.optimizer.learning_rate=0.01', '--config.seed=1',
+      '--config.allow_changes=optimizer'], ['in seed: 0 -> 1;', '--config.allow_changes=seed ']),
 ])
 def test_train_py_refuses_and_leaves_the_workdir_untouched(trained, extra, fragments):
   workdir, overrides = trained
@@ -256,6 +323,66 @@ def test_eval_py_on_a_step_that_does_not_exist_lists_the_steps(trained):
                               '--step=7'], check=False)
   _assert_one_sentence(proc, 'No checkpoint for step 7', 'available steps: [1, 2]')
   assert _snapshot(workdir) == before
+
+
+def test_eval_py_under_other_data_settings_is_refused(trained):
+  workdir, overrides = trained
+  before = _snapshot(workdir)
+  proc = run_main('eval.py', [CONFIG, f'--workdir={workdir}', *flags_for(overrides),
+                              '--config.data.normalize=(0.5,1.0)'], check=False)
+  _assert_one_sentence(proc, 'Evaluating step 2 of', 'in data.normalize: (0.0, 1.0) -> '
+                       '(0.5, 1.0); pass --config.allow_changes=data.normalize to evaluate')
+  assert _snapshot(workdir) == before
+
+
+def test_eval_under_acknowledged_settings_never_replaces_the_training_result(trained,
+                                                                            tmp_path, caplog):
+  workdir = str(tmp_path / 'copy')
+  shutil.copytree(trained[0], workdir)
+  # Training's settings, with what changes freely (data location, eval batch, dropout).
+  free = {'eval.batch_size': 400, 'model.encoder.dropout_prob': 0.0, 'data.worker_count': 1}
+  plain = evaluator.evaluate(tiny_mnist1d_config(**{**trained[1], **free}), workdir, step=2)
+  written = _snapshot(workdir)['eval_2.json']
+  assert 'config_changes' not in plain
+  config = tiny_mnist1d_config(**{**trained[1], 'data.normalize': (0.5, 1.0),
+                                  'allow_changes': 'data'})
+  with caplog.at_level(logging.WARNING):
+    changed = evaluator.evaluate(config, workdir, step=2)
+  assert ("Evaluating step 2 under settings other than training's (data.normalize: (0.0, 1.0) "
+          '-> (0.5, 1.0), as config.allow_changes permits); the result goes to eval_2.') in (
+              caplog.text)
+  other = evaluator.evaluate(tiny_mnist1d_config(**trained[1]), workdir, step=2, split='train')
+  assert _snapshot(workdir)['eval_2.json'] == written
+  names = sorted(n for n in os.listdir(workdir) if n.startswith('eval_'))
+  assert len(names) == 3 and names[0] != names[1], names
+  results = {n: json.load(open(os.path.join(workdir, n))) for n in names}
+  assert results['eval_2.json'] == plain
+  assert changed['config_changes'] == {'data.normalize': [[0.0, 1.0], [0.5, 1.0]]}
+  assert sorted(map(json.dumps, results.values())) == sorted(
+      map(json.dumps, [plain, changed, other]))
+  assert changed['loss'] != plain['loss'] and other['split'] == 'train'
+
+
+def test_accepted_resume_keeps_every_config_and_logs_the_changes(trained, tmp_path, caplog):
+  workdir = str(tmp_path / 'copy')
+  shutil.copytree(trained[0], workdir)
+  original = _snapshot(workdir)['config.json']
+  # The learning rate is acknowledged; the log cadence changes freely.
+  config = tiny_mnist1d_config(**{**trained[1], 'optimizer.learning_rate': 0.01,
+                                  'train.log_every_steps': 3, 'train.max_steps_per_run': 1,
+                                  'allow_changes': 'optimizer.learning_rate'})
+  with caplog.at_level(logging.INFO):
+    trainer.train_and_evaluate(config, workdir)
+  assert _snapshot(workdir)['config.json'] == original
+  kept = workdir_config.read(workdir, os.path.join(workdir, 'config.2.json'))
+  assert kept.to_dict() == config.to_dict()
+  logged = [r.getMessage() for r in caplog.records if 'config change' in r.getMessage()]
+  assert logged == ['Resumed at step 2 with 3 config change(s) from config.json: '
+                    'train.max_steps_per_run: 2 -> 1, train.log_every_steps: 1 -> 3, '
+                    'optimizer.learning_rate: 0.002 -> 0.01; kept in config.2.json.']
+  # Step 3 was trained by config.2.json: resuming or evaluating against it needs nothing.
+  assert workdir_config.path_for_step(workdir, 3).endswith('config.2.json')
+  assert workdir_config.path_for_step(workdir, 2).endswith('config.json')
 
 
 def test_eval_without_a_checkpoint_or_workdir(trained, tmp_path):

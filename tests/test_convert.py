@@ -239,9 +239,10 @@ def test_assign_params_lists_unknown_and_missing_in_one_sentence():
   with pytest.raises(ValueError) as e:
     convert.assign_params(model, values)
   msg = str(e.value)
-  assert 'the checkpoint has 1 parameters the model does not: decoder/extra' in msg
-  assert 'the model has 2 parameters the checkpoint does not give: blocks/0/bias, norm/mean' \
-      in msg
+  assert 'the checkpoint has 1 parameters the model does not: decoder/extra (1,)' in msg
+  # With the shapes the model wants.
+  assert ('the model has 2 parameters the checkpoint does not give: blocks/0/bias (2,), '
+          'norm/mean (2,)') in msg
 
 
 # ------------------------------------------------------------------------- helpers
@@ -265,3 +266,8 @@ def test_state_dict_reader_reports_unused_and_missing_keys():
     reader.check_all_used()
   with pytest.raises(ValueError, match="The HF checkpoint has no entry 'c.weight'"):
     reader.take('c.weight')
+  # What the module holds instead, with shapes, names a renamed or reshaped entry.
+  reader = convert.StateDictReader({'enc.q.weight_v2': np.ones((3, 2)), 'enc.q.bias': np.ones(3)})
+  with pytest.raises(ValueError, match=r"no entry 'enc.q.weight' \(beside it: enc.q.bias \(3,\), "
+                                       r"enc.q.weight_v2 \(3, 2\)\); it was made for another"):
+    reader.take('enc.q.weight')

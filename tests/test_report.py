@@ -140,6 +140,32 @@ def test_report_of_a_workdir_without_metrics_is_a_user_error(tmp_path):
   assert not os.path.exists(tmp_path / 'report')
 
 
+@pytest.mark.parametrize('content,fragment', [
+    (b'', 'holds no metrics yet'),
+    (b'\n\n', 'holds no metrics yet'),
+    (b'not json\n{"loss": 1.0}\n', 'is damaged or not a metrics log: none of its 2 lines is a '
+                                  'JSON record with an integer "step" (line 1: \'not json\')'),
+    (bytes(range(256)) * 8, 'is damaged or not a metrics log'),
+])
+def test_an_empty_or_damaged_metrics_log_is_told_apart(content, fragment, tmp_path):
+  (tmp_path / 'metrics.jsonl').write_bytes(content)
+  with pytest.raises(UserError) as e:
+    report.load_run(str(tmp_path))
+  assert fragment in str(e.value) and '\n' not in str(e.value), str(e.value)
+  assert not os.path.exists(tmp_path / 'report')
+
+
+def test_only_evaluations_under_training_settings_are_reported(tmp_path):
+  # A killed run's half-written last line is skipped, not called damage.
+  (tmp_path / 'metrics.jsonl').write_text('{"step": 3, "split": "train", "loss": 1.0}\n{"st')
+  (tmp_path / 'eval_3.json').write_text('{"step": 3, "split": "test", "accuracy": 0.9}')
+  (tmp_path / 'eval_3.0123abcd.json').write_text('{"step": 3, "split": "test", '
+                                                 '"accuracy": 0.1}')
+  run = report.load_run(str(tmp_path))
+  assert run['evals'] == [{'step': 3, 'split': 'test', 'accuracy': 0.9}]
+  assert run['records'] == {'train': [{'step': 3, 'split': 'train', 'loss': 1.0}]}
+
+
 def test_events_are_readable_without_close_and_mark_a_resume(tmp_path):
   """A killed run (no close) leaves complete events; a resumed run's files carry the purge
   marker at start_step + 1; images round-trip exactly."""

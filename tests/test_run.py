@@ -51,6 +51,7 @@ def test_train_builds_the_model_once_and_eval_once_without_an_optimizer(data_dir
   # A resumed run restores into the abstract state: no initialisation, one build.
   builds.clear()
   config.train.num_steps = 3
+  config.allow_changes = 'train.num_steps'  # a longer cosine schedule: asked for
   trainer.train_and_evaluate(config, workdir)
   assert len(builds) == 1
 

@@ -42,6 +42,10 @@ def get_config() -> ml_collections.ConfigDict:
   # 'this/path=checkpoint/path,...': parameters stored under another path in init_from
   # (e.g. a tied table: 'preprocessor/embeddings=postprocessor/embeddings').
   config.init_rename = ''
+  # Resuming or evaluating a workdir with a config that changes its recipe or its eval
+  # settings is refused unless the changed fields (or sections) are listed here:
+  # 'data.normalize,optimizer' (perceiver_jax/config_changes.py says which change freely).
+  config.allow_changes = ''
 
   config.data = ml_collections.ConfigDict(dict(
       name='',                  # TFDS name, optionally with builder config: 'mnist1d/shuffled'

@@ -91,12 +91,13 @@ def assign_params(model: nnx.Module, values: Mapping[str, Any]) -> None:
     resolved[name] = (key, value)
   missing = [name for name in variables if name not in resolved]
   problems = []
+  # Shapes beside the names: a missing parameter is often one present under another shape.
   if unknown:
     problems.append(f'the checkpoint has {len(unknown)} parameters the model does not: '
-                    f'{_listing(unknown)}')
+                    f'{_listing(f"{k} {tuple(np.shape(values[k]))}" for k in unknown)}')
   if missing:
     problems.append(f'the model has {len(missing)} parameters the checkpoint does not give: '
-                    f'{_listing(missing)}')
+                    + _listing(f'{n} {tuple(variables[n].get_value().shape)}' for n in missing))
   if problems:
     raise ValueError('The checkpoint does not match the model config: '
                      + '; '.join(problems) + '.')
@@ -150,10 +151,19 @@ class StateDictReader:
 
   def take(self, key: str) -> Array:
     if key not in self._sd:
-      raise ValueError(f'The {self.source} has no entry {key!r}; it was made for another '
-                       f'architecture or config.')
+      raise ValueError(f'The {self.source} has no entry {key!r} ({self._beside(key)}); it was '
+                       'made for another architecture or config.')
     self._used.add(key)
     return self._sd[key]
+
+  def _beside(self, key: str) -> str:
+    """The entries of the module `key` belongs to, with their shapes."""
+    sep = '/' if '/' in key else '.'
+    parent = key.rsplit(sep, 1)[0] + sep if sep in key else ''
+    siblings = [k for k in self._sd if parent and k.startswith(parent)]
+    if not siblings:
+      return f'nor any entry under {parent!r}; it holds {len(self._sd)} entries'
+    return 'beside it: ' + _listing(f'{k} {self._sd[k].shape}' for k in siblings)
 
   def check_all_used(self) -> None:
     unused = [k for k in self._sd if k not in self._used]

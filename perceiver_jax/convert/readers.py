@@ -25,12 +25,54 @@ import numpy as np
 Array = np.ndarray
 
 
+class CheckpointFileError(ValueError):
+  """A checkpoint file this module read and found wrong; the message is one sentence."""
+
+
+class _ForeignObject(pickle.UnpicklingError):
+  """A well-formed pickle of objects other than arrays and mappings."""
+
+
+# What reading a damaged or foreign file can raise: unpickling arbitrary bytes can fail in
+# almost any way (a huge length field gives MemoryError or OverflowError).
+_DAMAGE = (pickle.UnpicklingError, EOFError, MemoryError, OverflowError, RecursionError,
+           ValueError, KeyError, IndexError, TypeError, AttributeError, UnicodeDecodeError,
+           struct.error, zipfile.BadZipFile)
+
+# Extension -> (reader, what such a file is).
+_KINDS = {'.safetensors': 'safetensors', '.npz': 'numpy .npz', '.bin': 'PyTorch',
+          '.pt': 'PyTorch', '.pth': 'PyTorch', '.pkl': 'Haiku/PyTorch',
+          '.pickle': 'Haiku/PyTorch', '.pystate': 'Haiku'}
+
+
 def load_checkpoint_file(path: str) -> dict[str, Array]:
-  """Reads a checkpoint file into a flat {name: np.ndarray} dict (see module doc)."""
+  """Reads a checkpoint file into a flat {name: np.ndarray} dict (see module doc); a file
+  that is empty, truncated or of another kind is one ValueError sentence."""
   path = os.fspath(path)
   if not os.path.isfile(path):
     raise ValueError(f'Checkpoint file {path!r} does not exist; check the path.')
   ext = os.path.splitext(path)[1].lower()
+  if ext not in _KINDS:
+    raise ValueError(f'Unknown checkpoint format {ext!r} for {path!r}; expected .safetensors, '
+                     f'.npz, .bin/.pt/.pth (PyTorch) or .pkl/.pickle/.pystate (Haiku).')
+  kind = _KINDS[ext]
+  if os.path.getsize(path) == 0:
+    raise ValueError(f'{path!r} is empty (0 bytes), not a {kind} checkpoint; download it '
+                     'again.')
+  try:
+    return _read(path, ext)
+  except CheckpointFileError:
+    raise
+  except OSError as e:
+    raise ValueError(f'{path!r} cannot be read ({e.strerror or e}); check its permissions '
+                     'and the disk.') from None
+  except (*_DAMAGE, _safetensors_error()) as e:
+    reason = ' '.join(str(e).split())[:120] or type(e).__name__
+    raise ValueError(f'{path!r} is truncated or not a {kind} checkpoint ({type(e).__name__}: '
+                     f'{reason}); download it again or pass the right file.') from None
+
+
+def _read(path: str, ext: str) -> dict[str, Array]:
   if ext == '.safetensors':
     return _load_safetensors(path)
   if ext == '.npz':
@@ -38,10 +80,15 @@ def load_checkpoint_file(path: str) -> dict[str, Array]:
       return {k: np.asarray(data[k]) for k in data.files}
   if ext in ('.bin', '.pt', '.pth'):
     return load_torch_zip(path)
-  if ext in ('.pkl', '.pickle', '.pystate'):  # DeepMind's colabs release .pystate pickles
-    return load_haiku_pickle(path)
-  raise ValueError(f'Unknown checkpoint format {ext!r} for {path!r}; expected .safetensors, '
-                   f'.npz, .bin/.pt/.pth (PyTorch) or .pkl/.pickle/.pystate (Haiku).')
+  return load_haiku_pickle(path)  # DeepMind's colabs release .pystate pickles
+
+
+def _safetensors_error() -> type:
+  try:
+    from safetensors import SafetensorError
+  except ImportError:  # no safetensors: nothing of its kind can be raised
+    return CheckpointFileError
+  return SafetensorError
 
 
 def _load_safetensors(path: str) -> dict[str, Array]:
@@ -71,8 +118,8 @@ def _read_safetensors_raw(path: str) -> dict[str, Array]:
     if name == '__metadata__':
       continue
     if info['dtype'] not in _SAFETENSORS_DTYPES:
-      raise ValueError(f'Tensor {name!r} in {path!r} has dtype {info["dtype"]}, which this '
-                       f'loader does not read; save it as float32.')
+      raise CheckpointFileError(f'Tensor {name!r} in {path!r} has dtype {info["dtype"]}, which '
+                                'this loader does not read; save it as float32.')
     start, end = info['data_offsets']
     dtype = np.dtype(_SAFETENSORS_DTYPES[info['dtype']]).newbyteorder('<')
     out[name] = np.frombuffer(data[start:end], dtype=dtype).reshape(info['shape']).copy()
@@ -129,7 +176,7 @@ class _TorchUnpickler(pickle.Unpickler):
       return self._ALLOWED[(module, name)]
     if module == 'torch' and name in _TORCH_STORAGE_DTYPES:
       return _StorageType(name)
-    raise pickle.UnpicklingError(
+    raise _ForeignObject(
         f'The checkpoint refers to {module}.{name}, which is not part of a plain state '
         f'dict; save the tensors alone (torch.save(model.state_dict())) or as safetensors.')
 
@@ -145,13 +192,13 @@ class _TorchUnpickler(pickle.Unpickler):
 def load_torch_zip(path: str) -> dict[str, Array]:
   """Reads a torch.save zip checkpoint into {name: np.ndarray} without importing torch."""
   if not zipfile.is_zipfile(path):
-    raise ValueError(f'{path!r} is not a zip-format PyTorch checkpoint (torch >= 1.6); '
-                     f're-save it with torch.save or convert it to safetensors.')
+    raise CheckpointFileError(f'{path!r} is not a zip-format PyTorch checkpoint (torch >= '
+                              '1.6); re-save it with torch.save or convert it to safetensors.')
   with zipfile.ZipFile(path) as archive:
     pickles = [n for n in archive.namelist() if n.endswith('/data.pkl')]
     if len(pickles) != 1:
-      raise ValueError(f'{path!r} holds {len(pickles)} data.pkl entries instead of one; '
-                       f'it is not a torch.save checkpoint.')
+      raise CheckpointFileError(f'{path!r} holds {len(pickles)} data.pkl entries instead of '
+                                'one; it is not a torch.save checkpoint.')
     prefix = pickles[0][:-len('/data.pkl')]
     byteorder = 'little'
     if f'{prefix}/byteorder' in archive.namelist():
@@ -159,8 +206,8 @@ def load_torch_zip(path: str) -> dict[str, Array]:
     with archive.open(pickles[0]) as f:
       try:
         obj = _TorchUnpickler(f, archive, prefix, byteorder).load()
-      except pickle.UnpicklingError as e:
-        raise ValueError(f'Cannot read {path!r}: {e}') from None
+      except _ForeignObject as e:
+        raise CheckpointFileError(f'Cannot read {path!r}: {e}') from None
   return flatten_arrays(obj, sep='.')
 
 
@@ -183,7 +230,7 @@ class _HaikuUnpickler(pickle.Unpickler):
       return collections.OrderedDict
     if module.startswith('haiku') and name in ('FlatMapping', 'FlatMap', 'frozendict'):
       return _haiku_mapping
-    raise pickle.UnpicklingError(
+    raise _ForeignObject(
         f'The pickle refers to {module}.{name}; only mappings of numpy arrays are read. '
         f'Convert the parameters with jax.device_get before pickling.')
 
@@ -197,10 +244,10 @@ def load_haiku_pickle(path: str) -> dict[str, Array]:
   with open(path, 'rb') as f:
     try:
       obj = _HaikuUnpickler(f).load()
-    except pickle.UnpicklingError as e:
-      raise ValueError(f'Cannot read {path!r}: {e}') from None
+    except _ForeignObject as e:
+      raise CheckpointFileError(f'Cannot read {path!r}: {e}') from None
   if not isinstance(obj, Mapping):
-    raise ValueError(f'{path!r} does not hold a mapping of Haiku parameters.')
+    raise CheckpointFileError(f'{path!r} does not hold a mapping of Haiku parameters.')
   if obj and set(obj) <= {'params', 'state'} and all(isinstance(v, Mapping)
                                                     for v in obj.values()):
     merged: dict[str, Array] = {}

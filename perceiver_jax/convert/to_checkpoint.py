@@ -22,24 +22,16 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from perceiver_jax import checkpoint as ckpt
-from perceiver_jax import workdir_config
+from perceiver_jax import validate, workdir_config
 from perceiver_jax.convert.readers import load_checkpoint_file
+from perceiver_jax.convert import released
 from perceiver_jax.convert.common import assign_params
+from perceiver_jax.convert.released import model_input_shape
 from perceiver_jax.errors import UserError
 from perceiver_jax.model.build import build_model
+from perceiver_jax.model.summary import count_params, encoder_structure, format_summary
 
 FORMATS = ('auto', 'hf', 'haiku')
-
-
-def model_input_shape(config):
-  """Per-example input shape of a pretrained config (a dict for multimodal models)."""
-  shape = config.get('convert', {}).get('input_shape')
-  if shape is None:
-    raise UserError('config.convert.input_shape is not set; use a config from '
-                    'configs/pretrained/ or set it to the per-example input shape.')
-  if isinstance(shape, (dict, ml_collections.ConfigDict)):
-    return {k: tuple(int(n) for n in v) for k, v in dict(shape).items()}
-  return tuple(int(n) for n in shape)
 
 
 def family_converter(config):
@@ -130,12 +122,23 @@ def convert_to_checkpoint(config, path: str, workdir: str, fmt: str = 'auto') ->
   """Converts the file at `path` for `config` into WORKDIR; returns a short summary.
   A Hugging Face config.json beside the weights gives the classes' names
   (WORKDIR/class_names.json, read by perceiver-predict)."""
+  # A workdir that cannot be written fails before the file is read.
+  validate.check_workdir(workdir, training=True)
   model = convert_weights(config, path, fmt)
   directory = write_checkpoint(model, workdir, config)
   names = hf_class_names(path)
   if names and len(names) == config.model.num_classes and jax.process_index() == 0:
     with open(os.path.join(workdir, CLASS_NAMES), 'w') as f:
       json.dump(names, f, indent=0)
-  num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
-  logging.info('Converted %s (%d parameters) into %s.', path, num_params, directory)
-  return {'checkpoint': directory, 'num_params': num_params}
+  summary = {'num_params': count_params(model)}
+  encoder = encoder_structure(model)
+  if encoder:
+    summary['encoder'] = encoder
+  logging.info('Converted %s into %s; model: %s.', path, directory,
+               format_summary(summary).replace('\n', '; '))
+  if encoder:
+    # Shared weights do not show the block count: name the released model the file fits.
+    matches = released.matching(model, config, model_input_shape(config))
+    summary['released_configs'] = [name for name, _ in matches]
+    logging.info(released.describe(config, matches))
+  return {'checkpoint': directory, **summary}

@@ -72,6 +72,53 @@ def _resolve_data_dir(data_dir: str | None) -> str:
   return os.path.abspath(os.path.expanduser(os.fspath(data_dir)))
 
 
+def _check_data_dir(given: str | None, data_dir: str) -> None:
+  """A data_dir that is a file, or under one, fails in one sentence naming where it came
+  from (config.data.data_dir, $TFDS_DATA_DIR or the TFDS default)."""
+  if given:
+    source = f'config.data.data_dir={given}'
+  elif os.environ.get('TFDS_DATA_DIR'):
+    source = f"$TFDS_DATA_DIR={os.environ['TFDS_DATA_DIR']}"
+  else:
+    source = f'the TFDS default data_dir {data_dir}'
+  existing = data_dir
+  while not os.path.exists(existing) and os.path.dirname(existing) != existing:
+    existing = os.path.dirname(existing)
+  if not os.path.isdir(existing):
+    what = 'is a file' if existing == data_dir else f'lies under {existing}, which is a file'
+    raise DatasetError(f'{source} {what}, not a directory; point it at a TFDS data '
+                       'directory (a new one is made and embedded datasets prepared there).')
+
+
+def _make_data_dir(data_dir: str) -> None:
+  try:
+    os.makedirs(data_dir, exist_ok=True)
+  except OSError as e:
+    raise DatasetError(
+        f"data_dir '{data_dir}' cannot be created ({e.strerror or e}); set "
+        'config.data.data_dir (or $TFDS_DATA_DIR) to a directory you can write, or mount '
+        'the one it names.') from None
+
+
+def _unreadable_info(name: str, data_dir: str, error: Exception) -> str | None:
+  """The prepared dataset_info.json of `name` that TFDS failed on, if one is there."""
+  base, _, config = name.split(':')[0].partition('/')
+  root = os.path.join(data_dir, base, *(config.split('/')[:1] if config else ()))
+  files = [os.path.join(folder, 'dataset_info.json') for folder, _, names in os.walk(root)
+           if 'dataset_info.json' in names]
+  for file in files:
+    try:
+      with open(file) as f:
+        if not isinstance(json.load(f), dict):
+          return file
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+      return file
+  # Valid JSON with fields TFDS cannot parse (protobuf's ParseError).
+  if files and type(error).__name__ == 'ParseError':
+    return files[0]
+  return None
+
+
 @contextlib.contextmanager
 def _quiet():
   """Swallows TFDS's prints, progress bars and INFO logs; prints on failure."""
@@ -94,6 +141,13 @@ def _builder(name: str, data_dir: str) -> tfds.core.DatasetBuilder:
   try:
     return tfds.builder(name, data_dir=data_dir)
   except Exception as e:  # TFDS raises several types for unknown names/configs.
+    info = _unreadable_info(name, data_dir, e)
+    if info:
+      # TFDS prefixes its reason with the builder's arguments, which say nothing new.
+      reason = ' '.join(str(e).split()).split('": ', 1)[-1].rstrip('.')[-160:]
+      raise DatasetError(
+          f"Dataset '{name}' is prepared in data_dir '{data_dir}', but its {info} cannot be "
+          f"read ({reason}); delete {os.path.dirname(info)} and prepare it again.") from e
     if base in EMBEDDED:
       configs = [c.name for c in EMBEDDED[base].BUILDER_CONFIGS] or ['(none)']
       raise DatasetError(
@@ -147,7 +201,8 @@ def prepare(name: str, data_dir: str | None, splits: tuple[str, ...] = (),
     own: your own dataset (own_data.resolve: a builder_module or a folder),
       prepared offline like the embedded ones.
   """
-  data_dir = _resolve_data_dir(data_dir)
+  given, data_dir = data_dir, _resolve_data_dir(data_dir)
+  _check_data_dir(given, data_dir)
   make_builder = own.builder if own else lambda d: _builder(name, d)
   builder = make_builder(data_dir)
   _check_split_names(builder, splits, data_dir)
@@ -159,7 +214,7 @@ def prepare(name: str, data_dir: str | None, splits: tuple[str, ...] = (),
           "npz_folder, image_folder) offline; prepare it with TFDS (file_format "
           "array_record) on a machine that can download it and copy its folder into this "
           "data_dir, see docs/datasets.md.")
-    os.makedirs(data_dir, exist_ok=True)
+    _make_data_dir(data_dir)
     lock_name = own.name if own else name
     lock_path = os.path.join(
         data_dir, f".{lock_name.replace('/', '_').replace(':', '_')}.lock")

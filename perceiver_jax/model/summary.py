@@ -16,6 +16,22 @@ def count_params(model: nnx.Module) -> int:
   return int(sum(np.prod(x.shape) for x in leaves))
 
 
+def encoder_structure(model: nnx.Module) -> dict[str, Any] | None:
+  """The encoder's block structure, or None for a model without a Perceiver encoder.
+
+  num_blocks comes from the config, not the weights: the blocks share one set.
+  """
+  encoder = getattr(model, 'encoder', None)
+  if encoder is None or not hasattr(encoder, 'num_blocks'):
+    return None
+  (latents,) = jax.tree.leaves(nnx.state(encoder.z_pos_enc, nnx.Param))
+  cross_attends = (encoder.num_blocks if encoder.cross_attend_every_block else 1)
+  return dict(num_blocks=int(encoder.num_blocks),
+              self_attends_per_block=len(encoder.self_attends),
+              cross_attends=int(cross_attends),
+              latents=tuple(int(n) for n in latents.shape))
+
+
 def _flops_from_cost_analysis(cost: Any) -> float:
   # Older JAX returns a list with one dict per computation, newer a dict.
   if isinstance(cost, (list, tuple)):
@@ -42,9 +58,13 @@ def model_summary(model: nnx.Module, input_shape: Sequence[int] | dict[str, Sequ
        else one(input_shape))
   out = jax.eval_shape(forward, state, x)
   compiled = jax.jit(forward).lower(state, x).compile()
-  return dict(num_params=count_params(model),
-              output_shape=jax.tree.map(lambda o: tuple(o.shape), out),
-              flops_per_example=_flops_from_cost_analysis(compiled.cost_analysis()))
+  summary = dict(num_params=count_params(model),
+                 output_shape=jax.tree.map(lambda o: tuple(o.shape), out),
+                 flops_per_example=_flops_from_cost_analysis(compiled.cost_analysis()))
+  encoder = encoder_structure(model)
+  if encoder:
+    summary['encoder'] = encoder
+  return summary
 
 
 def _human(n: float, units=('', 'K', 'M', 'G', 'T')) -> str:
@@ -55,10 +75,21 @@ def _human(n: float, units=('', 'K', 'M', 'G', 'T')) -> str:
   return str(n)
 
 
+def format_encoder(encoder: dict[str, Any]) -> str:
+  """'encoder: 8 blocks of 6 self-attends (one weight-shared block), ...'."""
+  blocks = encoder['num_blocks']
+  return (f"encoder: {blocks} block{'s' * (blocks != 1)} of "
+          f"{encoder['self_attends_per_block']} self-attends (one weight-shared block), "
+          f"{encoder['cross_attends']} cross-attend(s), latents {encoder['latents']}")
+
+
 def format_summary(summary: dict[str, Any]) -> str:
-  """A few readable lines, e.g. 'params: 1.23M (1,234,567)'."""
-  return '\n'.join([
-      f"params: {_human(summary['num_params'])} ({summary['num_params']:,})",
-      f"output shape (batch 1): {summary['output_shape']}",
-      f"forward FLOPs per example: {summary['flops_per_example'] / 1e9:.4f} GFLOPs",
-  ])
+  """A few readable lines, e.g. 'params: 1.23M (1,234,567)', for the fields present."""
+  lines = [f"params: {_human(summary['num_params'])} ({summary['num_params']:,})"]
+  if 'encoder' in summary:
+    lines.append(format_encoder(summary['encoder']))
+  if 'output_shape' in summary:
+    lines.append(f"output shape (batch 1): {summary['output_shape']}")
+  if 'flops_per_example' in summary:
+    lines.append(f"forward FLOPs per example: {summary['flops_per_example'] / 1e9:.4f} GFLOPs")
+  return '\n'.join(lines)

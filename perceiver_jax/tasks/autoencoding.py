@@ -112,6 +112,7 @@ class MultimodalAutoencodingTask(Task):
 
   name = 'multimodal_autoencoding'
   model_args = ('num_classes', 'samples_per_patch')
+  training_only = ('train_video_points', 'train_audio_patches')
 
   def __init__(self, num_classes: int = 700, samples_per_patch: int = 16,
                video_weight: float = 0.03, audio_weight: float = 1.0,

@@ -44,6 +44,9 @@ class Task:
   # Constructor arguments that come from config.model (e.g. num_classes), not config.task:
   # one source of truth for what the model is.
   model_args: tuple[str, ...] = ()
+  # Settings that shape training alone (augmentation, loss smoothing): an evaluation under
+  # other values is the same evaluation (config_changes.py lets eval.py change them).
+  training_only: tuple[str, ...] = ()
 
   @classmethod
   def settings(cls) -> dict[str, Any]:

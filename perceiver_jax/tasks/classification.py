@@ -64,6 +64,7 @@ class ClassificationTask(Task):
 
   name = 'classification'
   model_args = ('num_classes',)
+  training_only = ('label_smoothing',)
 
   def __init__(self, label_smoothing: float = 0.0, num_classes: int | None = None):
     self.label_smoothing = label_smoothing  # training loss only; check_config checks it

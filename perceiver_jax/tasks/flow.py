@@ -163,6 +163,7 @@ class FlowTask(Task):
   the stored size (a tuple, not None, so --config.task.crop_size='(368, 496)' can set it)."""
 
   name = 'flow'
+  training_only = ('flip',)
 
   def __init__(self, crop_size: tuple[int, int] | int = (), flip: bool = False,
                flow_loss: str = 'epe', valid_only: bool = True):

@@ -99,6 +99,8 @@ class ImageClassificationTask(Task):
 
   name = 'image_classification'
   model_args = ('num_classes',)
+  training_only = ('label_smoothing', 'randaugment_layers', 'randaugment_magnitude',
+                   'mixup_alpha', 'cutmix_alpha')
 
   def __init__(self, num_classes: int = 1000, label_smoothing: float = 0.0,
                image_size: int = 224, randaugment_layers: int = 4,
