@@ -122,6 +122,11 @@ def _workdir_config(argv: list[str]) -> str | None:
   workdir = flag_parsing.flag_value(argv, 'workdir')
   if not workdir:
     return None  # _require_flags asks for the flags
+  step = flag_parsing.flag_value(argv, 'step')
+  # --step=N: the config that trained that step (a resume may have changed it since).
+  if step and step.isdigit():
+    workdir_config.read_for_step(workdir, int(step))  # its one sentence, before parsing
+    return f'{workdir_config.__file__}:{workdir}{workdir_config.STEP_MARK}{step}'
   workdir_config.read(workdir)  # missing or unreadable: its one sentence, before any parsing
   return f'{workdir_config.__file__}:{workdir}'
 

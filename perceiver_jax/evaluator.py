@@ -59,7 +59,7 @@ def evaluate(config, workdir: str, step: int | None = None, split: str | None = 
     with open(os.path.join(workdir, name), 'w') as f:
       json.dump(result, f, indent=2)
     logging.info('eval of step %d on %s: %s (%s)', step, split, format_metrics(metrics), name)
-  return result
+  return {**result, 'eval_file': name}  # where it went (not part of the file itself)
 
 
 def result_name(workdir: str, step: int, split: str, changes: dict) -> str:

@@ -193,7 +193,9 @@ def load(workdir: str, step: int | None = None, *, input_shape=None) -> Predicto
   path = os.path.abspath(os.path.expanduser(str(workdir)))
   if not os.path.isdir(path):
     raise UserError(f'{workdir} does not exist; pass the workdir of a training or convert run.')
-  config = workdir_config.read(path)
+  # The config that trained that step: a resume may have changed it since (config.<S>.json).
+  config = (workdir_config.get_config(path) if step is None
+            else workdir_config.read_for_step(path, int(step)))
   validate.validate_config(config, training=False)
   task = tasks.get_task(config)
   shape = input_shape if input_shape is not None else input_shape_of(config, task)

@@ -14,7 +14,7 @@ from perceiver_jax.checkpoint import checkpoint_dir
 from perceiver_jax.metrics_log import format_metrics
 
 # Keys of a result that are not metrics (train_and_evaluate's and evaluate's return values).
-NOT_METRICS = ('step', 'split', 'stopped_early', 'preempted')
+NOT_METRICS = ('step', 'split', 'stopped_early', 'preempted', 'eval_file', 'config_changes')
 
 
 def newest_checkpoint(workdir: str) -> int | None:
@@ -43,7 +43,7 @@ def summarize(workdir: str, result: dict) -> str:
     lines.append(f'  checkpoint  {evaluated}')
   elif newest is not None:
     lines.append(f'  checkpoint  {os.path.join(checkpoint_dir(workdir), str(newest))}')
-  eval_json = os.path.join(workdir, f'eval_{step}.json')
+  eval_json = os.path.join(workdir, result.get('eval_file') or f'eval_{step}.json')
   if os.path.isfile(eval_json):
     lines.append(f'  eval json   {eval_json}')
   elif not result.get('stopped_early'):

@@ -93,8 +93,16 @@ def newest_path(workdir: str) -> str:
   return path(workdir, steps[-1]) if steps else path(workdir)
 
 
-def get_config(workdir: str) -> ml_collections.ConfigDict:
+# get_config's argument WORKDIR@step=N: the config that trained step N.
+STEP_MARK = '@step='
+
+
+def get_config(arg: str) -> ml_collections.ConfigDict:
   """The config-file entry point: --config=PATH/workdir_config.py:WORKDIR loads the workdir's
   config through the config flag, so --config.x=y overrides apply to it (eval.py without
-  --config). The newest config: the one that trained the latest checkpoint."""
-  return read(workdir, newest_path(workdir))
+  --config). The newest config (the one that trained the latest checkpoint), or with
+  WORKDIR@step=N the one that trained step N."""
+  workdir, mark, step = arg.rpartition(STEP_MARK)
+  if mark and step.isdigit():
+    return read_for_step(workdir, int(step))
+  return read(arg, newest_path(arg))

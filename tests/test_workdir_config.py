@@ -140,3 +140,16 @@ def test_configs_of_every_start_are_kept(tmp_path):
   assert workdir_config.read_for_step(workdir, 6).to_dict() == second.to_dict()
   # eval.py without --config: the config of the latest checkpoint.
   assert workdir_config.get_config(workdir).to_dict() == third.to_dict()
+
+
+def test_the_config_of_a_step_is_the_one_that_trained_it(tmp_path):
+  """eval.py / load() with --step read the config in force when that step was trained."""
+  first = importlib.import_module('configs.digits').get_config()
+  resumed = importlib.import_module('configs.digits').get_config()
+  resumed.optimizer.learning_rate = 5e-4
+  workdir_config.write(str(tmp_path), first)
+  workdir_config.write(str(tmp_path), resumed, step=400)  # a resume at step 400
+  get = workdir_config.get_config
+  assert get(f'{tmp_path}@step=400').optimizer.learning_rate == first.optimizer.learning_rate
+  assert get(f'{tmp_path}@step=800').optimizer.learning_rate == 5e-4
+  assert get(str(tmp_path)).optimizer.learning_rate == 5e-4  # the newest
