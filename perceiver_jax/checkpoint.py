@@ -36,6 +36,15 @@ def checkpoint_dir(workdir: str) -> str:
   return os.path.join(os.path.abspath(workdir), 'checkpoints')
 
 
+def newest_finished_step(workdir: str) -> int | None:
+  """The newest step Orbax finished writing (renamed into place), or None: a file-system
+  read with no Orbax manager, so it needs no agreement between processes."""
+  directory = checkpoint_dir(workdir)
+  names = os.listdir(directory) if os.path.isdir(directory) else []
+  steps = [int(n) for n in names if n.isdigit()]
+  return max(steps) if steps else None
+
+
 def make_manager(workdir: str, ckpt_config=None, *,
                  read_only: bool = False) -> ocp.CheckpointManager:
   """A CheckpointManager over WORKDIR/checkpoints with the config's keep-N and async policy."""

@@ -55,11 +55,12 @@ def evaluate(config, workdir: str, step: int | None = None, split: str | None = 
   result = {'step': step, 'split': split, **metrics, **scalars}
   if changes:
     result['config_changes'] = {path: list(change) for path, change in changes.items()}
+  result['eval_file'] = name  # eval_<step>.json, or another name under other settings
   if jax.process_index() == 0:
     with open(os.path.join(workdir, name), 'w') as f:
       json.dump(result, f, indent=2)
     logging.info('eval of step %d on %s: %s (%s)', step, split, format_metrics(metrics), name)
-  return {**result, 'eval_file': name}  # where it went (not part of the file itself)
+  return result
 
 
 def result_name(workdir: str, step: int, split: str, changes: dict) -> str:

@@ -10,26 +10,18 @@ from __future__ import annotations
 
 import os
 
-from perceiver_jax.checkpoint import checkpoint_dir
+from perceiver_jax.checkpoint import checkpoint_dir, newest_finished_step
 from perceiver_jax.metrics_log import format_metrics
 
 # Keys of a result that are not metrics (train_and_evaluate's and evaluate's return values).
 NOT_METRICS = ('step', 'split', 'stopped_early', 'preempted', 'eval_file', 'config_changes')
 
 
-def newest_checkpoint(workdir: str) -> int | None:
-  """The newest step Orbax finished writing (renamed into place), or None."""
-  directory = checkpoint_dir(workdir)
-  names = os.listdir(directory) if os.path.isdir(directory) else []
-  steps = [int(n) for n in names if n.isdigit()]
-  return max(steps) if steps else None
-
-
 def summarize(workdir: str, result: dict) -> str:
   """The summary of a run that returned `result` (metrics of the final eval, or
   stopped_early); eval JSON and report are named where they exist, else the command that
   writes them."""
-  newest = newest_checkpoint(workdir)
+  newest = newest_finished_step(workdir)
   step = result.get('step', newest)
   if result.get('stopped_early'):
     lines = [f'stopped at step {step}; rerun the same command to resume.']

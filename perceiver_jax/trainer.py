@@ -33,11 +33,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
 def _refuse_another_recipe(config, workdir: str) -> None:
   """A resume whose config changes the recipe unasked is refused before anything in the
   workdir is written (the lock file included)."""
-  if not os.path.isdir(ckpt.checkpoint_dir(workdir)):
-    return
-  manager = ckpt.make_manager(workdir, read_only=True)
-  latest = manager.latest_step()
-  manager.close()
+  # No Orbax manager here: creating one synchronises the processes, and another process
+  # may already have made the checkpoint directory this one looks for.
+  latest = ckpt.newest_finished_step(workdir)
   if latest:
     config_changes.check_resume(workdir, config, latest)
 

@@ -169,7 +169,8 @@ def test_configs_validate_and_tie_the_embedding(data_dir):
 
 def test_bad_task_settings_are_one_sentence(data_dir):
   with pytest.raises(UserError, match=r"config.task.name='mlmm' is unknown; use one of "
-                                      r"'classification', .*'mlm'.* \(did you mean 'mlm'\?\)\.$"):
+                                      r"'causal_lm', 'classification', .*'mlm'.* "
+                                      r"\(did you mean 'mlm'\?\)\.$"):
     validate_config(runlocal(mlm_stdlib, data_dir, **{'task.name': 'mlmm'}))
   with pytest.raises(UserError, match=r'config.task.mask_prob=1.5 is out of range'):
     validate_config(runlocal(mlm_stdlib, data_dir, **{'task.mask_prob': 1.5}))

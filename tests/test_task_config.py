@@ -91,7 +91,7 @@ def _one_sentence(message: str) -> None:
 def test_unknown_task_name_or_setting_is_one_sentence():
   cases = [
       (lambda: tasks.task_config('mlmm'),
-       "config.task.name='mlmm' is unknown; use one of 'classification', 'flow', "
+       "config.task.name='mlmm' is unknown; use one of 'causal_lm', 'classification', 'flow', "
        "'image_classification', 'mlm', "),
       (lambda: tasks.task_config('mlm', mask_prb=0.2),
        "config.task.mask_prb is not a setting of task 'mlm'; its settings are mask_prob, "),
@@ -129,9 +129,10 @@ def test_a_config_file_that_sets_a_moved_field_is_refused():
 
 def test_moved_flags_table_is_every_task_setting():
   settings = {k for cls in tasks.TASKS.values() for k in cls.settings()}
-  # Every setting but label_smoothing (from config.train) was a config.data field.
+  # Every setting but label_smoothing (from config.train) and causal_lm's context (a task
+  # added after the move) was a config.data field.
   assert {k for k in MOVED_FLAGS if k.startswith('data.')} == {
-      f'data.{k}' for k in settings - {'label_smoothing'}}
+      f'data.{k}' for k in settings - {'label_smoothing', 'context'}}
   assert MOVED_FLAGS['train.label_smoothing'] == 'task.label_smoothing'
   assert MOVED_FLAGS['task'] == 'task.name'
   assert all(new.split('.', 1)[1] in settings | {'name'} for new in MOVED_FLAGS.values())
