@@ -1,6 +1,6 @@
 """Perceiver AR: does a longer context lower bits per byte at nearly the same compute?
 
-  python benchmarks/ar_context.py [--contexts=256,1024,2048] [--latents=256] [--steps=N]
+  python benchmarks/ar_context.py [--contexts=128,512,1024] [--latents=128] [--steps=N]
       [--workdir_root=workdirs/ar_context] [--extra='--config.x=y ...']
 
 Trains configs/perceiver_ar_stdlib.py once per context N with the same latents M, width,
@@ -47,8 +47,8 @@ def read_run(workdir: str) -> dict:
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--contexts', default='256,1024,2048')
-  parser.add_argument('--latents', type=int, default=256)
+  parser.add_argument('--contexts', default='128,512,1024')
+  parser.add_argument('--latents', type=int, default=128)
   parser.add_argument('--steps', type=int, default=0, help='0: the config\'s')
   parser.add_argument('--workdir_root', default='workdirs/ar_context')
   parser.add_argument('--extra', default='', help='more train.py flags for every run')

@@ -1,7 +1,7 @@
 """Perceiver AR generation cost against context length: cached vs re-encoding every byte.
 
   python benchmarks/ar_generation.py [--contexts=1024,4096,16384,65536] [--tokens=256]
-      [--uncached_tokens=8] [--latents=256] [--width=256] [--layers=6] [--stride=128]
+      [--uncached_tokens=8] [--latents=128] [--width=128] [--layers=4] [--stride=64]
 
 A randomly initialised model (generation cost does not depend on the weights) with a prompt
 filling the whole context, so every sampled byte sees the full context. Per context:
@@ -42,11 +42,11 @@ def main() -> None:
   parser.add_argument('--contexts', default='1024,4096,16384,65536')
   parser.add_argument('--tokens', type=int, default=256)
   parser.add_argument('--uncached_tokens', type=int, default=8)
-  parser.add_argument('--latents', type=int, default=256)
-  parser.add_argument('--width', type=int, default=256)
+  parser.add_argument('--latents', type=int, default=128)
+  parser.add_argument('--width', type=int, default=128)
   parser.add_argument('--heads', type=int, default=4)
-  parser.add_argument('--layers', type=int, default=6)
-  parser.add_argument('--stride', type=int, default=128)
+  parser.add_argument('--layers', type=int, default=4)
+  parser.add_argument('--stride', type=int, default=64)
   parser.add_argument('--batch', type=int, default=1)
   args = parser.parse_args()
 

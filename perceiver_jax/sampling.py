@@ -105,7 +105,15 @@ class Sampler:
     slots = self.num_latents
     self._encode = jax.jit(lambda s, tokens, length, start: merged(s).encode(
         tokens, length, start, slots))
-    self._step = jax.jit(lambda s, cache, token: merged(s).decode_step(cache, token))
+    # A step reads the cache in one program and writes its entries in another, to which
+    # the cache is donated: updated in place, not copied (PerceiverAR.decode_step).
+    attend = jax.jit(lambda s, cache, token: merged(s).attend_step(cache, token))
+    write = jax.jit(PerceiverAR.write_step, donate_argnums=0)
+
+    def step(state, cache, token):
+      logits, entries = attend(state, cache, token)
+      return logits, write(cache, entries)
+    self._step = step
 
   def generate(self, prompt, num_tokens: int, *, options: SamplingOptions = SamplingOptions(),
                seed: int = 0, cached: bool = True) -> Generation:

@@ -12,7 +12,7 @@ compare across contexts.
 
 Variants (configs/perceiver_ar_stdlib.py:context=4096,steps=N):
   context=N    bytes of context (default 1024; at most 16384, the dataset's windows)
-  latents=M    latent positions (default 256): the compute per step, whatever the context
+  latents=M    latent positions (default 128): the compute per step, whatever the context
   steps=N      training steps (default: the recipe's)
   runlocal     python_stdlib/packed_tiny (513-byte windows), a tiny model, a few steps
 """
@@ -28,22 +28,22 @@ def get_config(arg=None):
                              prefix_dropout=0.0)
   local = variant.runlocal
   context = variant.context or (128 if local else 1024)
-  latents = variant.latents or (32 if local else 256)
+  latents = variant.latents or (32 if local else 128)
   config.data.name = 'python_stdlib/packed_tiny' if local else 'python_stdlib/packed'
   config.task = tasks.task_config('causal_lm', context=context)
   config.model = perceiver_ar_model_config(
       max_context=context, num_latents=latents,
-      num_channels=32 if local else 256, num_heads=2 if local else 4,
-      num_self_attends=2 if local else 6, widening_factor=4,
+      num_channels=32 if local else 128, num_heads=2 if local else 4,
+      num_self_attends=2 if local else 4, widening_factor=4,
       rotary_fraction=0.5,  # rotary on half of each head's q/k channels, as the paper
       prefix_dropout=variant.prefix_dropout)
   config.train.update(batch_size=8 if local else 16,
-                      num_steps=variant.steps or (4 if local else 2000),
+                      num_steps=variant.steps or (4 if local else 1200),
                       log_every_steps=2 if local else 50,
-                      eval_every_steps=0 if local else 1000)
-  config.optimizer.update(name='adamw', learning_rate=1e-3 if local else 5e-4,
+                      eval_every_steps=0 if local else 600)
+  config.optimizer.update(name='adamw', learning_rate=1e-3,
                           warmup_steps=1 if local else 100, weight_decay=1e-2)
   # Latent telemetry draws images of continuous inputs: off for token models.
   config.eval.update(batch_size=8 if local else 32, telemetry_examples=0)
-  config.checkpoint.every_steps = 2 if local else 500
+  config.checkpoint.every_steps = 2 if local else 600
   return config

@@ -120,22 +120,62 @@ class CausalBlock(nnx.Module):
   def __call__(self, x: jax.Array, positions: jax.Array, keys: jax.Array,
                values: jax.Array, kv_positions: jax.Array,
                kv_valid: jax.Array | None = None, *, deterministic: bool = True,
-               rngs: nnx.Rngs | None = None) -> jax.Array:
+               rngs: nnx.Rngs | None = None, own: tuple | None = None) -> jax.Array:
+    """own: (key, value) of x's one position, with keys [batch, heads, head_dim, kv_len]
+    and values [batch, heads, kv_len, head_dim] a generation cache of the positions before
+    it (see _attend_cached)."""
     dropout_rng = None
     if not deterministic and self.dropout_attn_prob > 0.0:
       dropout_rng = rngs.dropout()
     queries = apply_rotary(self._heads(self.query(self.norm(x))), positions,
                            self.rotary_dim, self.max_wavelength)
-    out = dot_product_attention(
-        queries, keys, values, causal_mask(positions, kv_positions, kv_valid),
-        dropout_rate=self.dropout_attn_prob, dropout_rng=dropout_rng,
-        implementation=self.settings.attention_impl,
-        chunk_size=self.settings.attention_chunk_size,
-        auto_chunk_threshold=self.settings.attention_auto_chunk_threshold)
+    mask = causal_mask(positions, kv_positions, kv_valid)
+    if own is not None:
+      out = _attend_cached(queries, keys, values, mask, *own)
+    else:
+      out = dot_product_attention(
+          queries, keys, values, mask, dropout_rate=self.dropout_attn_prob,
+          dropout_rng=dropout_rng, implementation=self.settings.attention_impl,
+          chunk_size=self.settings.attention_chunk_size,
+          auto_chunk_threshold=self.settings.attention_auto_chunk_threshold)
     attn = self.output(out.reshape(out.shape[:2] + (-1,)))
     x = x + self.dropout(attn, deterministic=deterministic, rngs=rngs)
     x = x + self.mlp(self.mlp_norm(x), deterministic=deterministic, rngs=rngs)
     return constrain(x, ('batch', 'length', 'act_embed'))
+
+
+def _attend_cached(q: jax.Array, keys_t: jax.Array, values: jax.Array, mask: jax.Array,
+                   own_key: jax.Array, own_value: jax.Array) -> jax.Array:
+  """One new position's attention over a cache plus itself: softmax over [the cache's
+  keys where `mask`, its own key] of the logits, times the values.
+
+  q, own_key, own_value [batch, 1, heads, d]; keys_t [batch, heads, d, kv_len] and values
+  [batch, heads, kv_len, d] as the cache stores them; mask [batch, 1, 1, kv_len] -> [batch,
+  1, heads, d]. The cache is only read, in its own layout, by two matrix products, so the
+  step that then writes the new entries updates it in place (reading it after the write
+  makes XLA copy the whole cache at every step)."""
+  scale = 1.0 / jnp.sqrt(jnp.float32(q.shape[-1]))
+  q = jnp.swapaxes(q, 1, 2)  # [batch, heads, 1, d]
+  logits = jnp.einsum('bhqd,bhdk->bhqk', q, keys_t, preferred_element_type=jnp.float32)
+  logits = jnp.where(mask, logits * scale, -jnp.inf)
+  own = jnp.sum(q.astype(jnp.float32) * jnp.swapaxes(own_key, 1, 2), axis=-1,
+                keepdims=True) * scale  # [batch, heads, 1, 1]
+  top = jnp.maximum(jnp.max(logits, axis=-1, keepdims=True), own)
+  weights, own_weight = jnp.exp(logits - top), jnp.exp(own - top)
+  total = jnp.sum(weights, axis=-1, keepdims=True) + own_weight
+  out = jnp.einsum('bhqk,bhkd->bhqd', weights.astype(values.dtype), values)
+  out = (out + own_weight * jnp.swapaxes(own_value, 1, 2)) / total
+  return jnp.swapaxes(out, 1, 2).astype(values.dtype)
+
+
+def _keys_layout(keys: jax.Array) -> jax.Array:
+  """[batch, len, heads, d] -> the cache's [batch, heads, d, len]."""
+  return jnp.transpose(keys, (0, 2, 3, 1))
+
+
+def _values_layout(values: jax.Array) -> jax.Array:
+  """[batch, len, heads, d] -> the cache's [batch, heads, len, d]."""
+  return jnp.transpose(values, (0, 2, 1, 3))
 
 
 class Cache(NamedTuple):
@@ -144,10 +184,11 @@ class Cache(NamedTuple):
   Positions are buffer slots (0..N-1). `length`: tokens in the buffer; `latent_start`:
   the slot of the window's first latent (latent slot j is buffer slot latent_start + j).
   """
-  cross_keys: jax.Array  # [batch, N, heads, head_dim]
-  cross_values: jax.Array  # [batch, N, heads, head_dim]
-  self_keys: jax.Array  # [L, batch, M, heads, head_dim]
-  self_values: jax.Array  # [L, batch, M, heads, head_dim]
+  # The layouts a step attends in as matrix products, without moving the cache.
+  cross_keys: jax.Array  # [batch, heads, head_dim, N]
+  cross_values: jax.Array  # [batch, heads, N, head_dim]
+  self_keys: jax.Array  # [L, batch, heads, head_dim, M]
+  self_values: jax.Array  # [L, batch, heads, M, head_dim]
   length: jax.Array  # int32 scalar
   latent_start: jax.Array  # int32 scalar
 
@@ -264,41 +305,62 @@ class PerceiverAR(nnx.Module):
     self_keys, self_values = [], []
     for block in self.self_attends:
       keys, values = block.keys_values(h, slots)
-      self_keys.append(keys)
-      self_values.append(values)
+      self_keys.append(_keys_layout(keys))
+      self_values.append(_values_layout(values))
       h = block(h, slots, keys, values, slots)
-    empty = jnp.zeros((0, batch, num_slots) + cross_keys.shape[2:], cross_keys.dtype)
-    cache = Cache(cross_keys, cross_values,
+    heads, head_dim = cross_keys.shape[2:]
+    empty = jnp.zeros((0, batch, heads, head_dim, num_slots), cross_keys.dtype)
+    cache = Cache(_keys_layout(cross_keys), _values_layout(cross_values),
                   jnp.stack(self_keys) if self_keys else empty,
-                  jnp.stack(self_values) if self_values else empty,
+                  jnp.stack(self_values) if self_values else jnp.swapaxes(empty, -1, -2),
                   jnp.asarray(length, jnp.int32), jnp.asarray(latent_start, jnp.int32))
     return self._logits(h), cache
 
   def decode_step(self, cache: Cache, token: jax.Array) -> tuple[jax.Array, Cache]:
     """Appends `token` [batch] at buffer slot cache.length (it must lie inside the
-    buffer and the latent window) and returns its next-token logits [batch, vocab]."""
+    buffer and the latent window) and returns its next-token logits [batch, vocab] and
+    the cache that holds it: `attend_step` then `write_step`. (The sampler jits the two
+    apart, the cache donated to the second: one program that reads and writes the cache
+    makes XLA:CPU copy the whole cache at every step.)"""
+    logits, entries = self.attend_step(cache, token)
+    return logits, self.write_step(cache, entries)
+
+  def attend_step(self, cache: Cache, token: jax.Array) -> tuple[jax.Array, tuple]:
+    """`token`'s next-token logits [batch, vocab] given the cache (read only), and its
+    cache entries: (cross key, cross value, ((key, value) per self-attend)), each
+    [batch, 1, heads, head_dim]."""
     batch = token.shape[0]
-    buffer = cache.cross_keys.shape[1]
-    num_slots = cache.self_keys.shape[2] if self.self_attends else 0
+    buffer = cache.cross_keys.shape[3]
     position = jnp.full((batch, 1), cache.length, jnp.int32)
-    x = self.embed(token[:, None])
-    new_keys, new_values = self.cross_attend.keys_values(x, position)
-    at = (0, cache.length, 0, 0)
-    cross_keys = jax.lax.dynamic_update_slice(cache.cross_keys, new_keys, at)
-    cross_values = jax.lax.dynamic_update_slice(cache.cross_values, new_values, at)
     positions = jnp.broadcast_to(jnp.arange(buffer, dtype=jnp.int32), (batch, buffer))
-    h = self.cross_attend(x, position, cross_keys, cross_values, positions)
-    self_keys, self_values = cache.self_keys, cache.self_values
+    x = self.embed(token[:, None])
+    cross = self.cross_attend.keys_values(x, position)
+    # The cache holds the positions before this one; the new one attends to itself apart.
+    h = self.cross_attend(x, position, cache.cross_keys, cache.cross_values, positions,
+                          positions < cache.length, own=cross)
+    entries = []
     if self.self_attends:
+      num_slots = cache.self_keys.shape[4]
       slots = cache.latent_start + positions[:, :num_slots]
-      slot_at = (0, cache.length - cache.latent_start, 0, 0)
       for i, block in enumerate(self.self_attends):
-        keys, values = block.keys_values(h, position)
-        keys = jax.lax.dynamic_update_slice(self_keys[i], keys, slot_at)
-        values = jax.lax.dynamic_update_slice(self_values[i], values, slot_at)
-        self_keys = self_keys.at[i].set(keys)
-        self_values = self_values.at[i].set(values)
-        h = block(h, position, keys, values, slots)
-    cache = Cache(cross_keys, cross_values, self_keys, self_values, cache.length + 1,
-                  cache.latent_start)
-    return self._logits(h)[:, 0], cache
+        own = block.keys_values(h, position)
+        entries.append(own)
+        h = block(h, position, cache.self_keys[i], cache.self_values[i], slots,
+                  slots < cache.length, own=own)
+    return self._logits(h)[:, 0], (cross, tuple(entries))
+
+  @staticmethod
+  def write_step(cache: Cache, entries: tuple) -> Cache:
+    """The cache with attend_step's entries written at slot cache.length."""
+    def write(array, entry, at):
+      return jax.lax.dynamic_update_slice(array, entry.astype(array.dtype), at)
+    (cross_key, cross_value), own = entries
+    length, slot = cache.length, cache.length - cache.latent_start
+    cross_keys = write(cache.cross_keys, _keys_layout(cross_key), (0, 0, 0, length))
+    cross_values = write(cache.cross_values, _values_layout(cross_value), (0, 0, length, 0))
+    self_keys, self_values = cache.self_keys, cache.self_values
+    for i, (keys, values) in enumerate(own):
+      self_keys = write(self_keys, _keys_layout(keys)[None], (i, 0, 0, 0, slot))
+      self_values = write(self_values, _values_layout(values)[None], (i, 0, 0, slot, 0))
+    return Cache(cross_keys, cross_values, self_keys, self_values, length + 1,
+                 cache.latent_start)
