@@ -21,7 +21,7 @@ import numpy as np
 
 from perceiver_jax.errors import DatasetError, UserError
 from perceiver_jax.tasks.base import Task
-from perceiver_jax.tasks.mlm import mlm_metrics, mlm_sums
+from perceiver_jax.tasks.mlm import mlm_metrics, mlm_summary, mlm_sums
 
 BYTE_VOCAB_SIZE = 256
 
@@ -131,6 +131,4 @@ class CausalLmTask(Task):
     return mlm_metrics(sums)
 
   def summarize(self, sums):
-    sums = {k: float(v) for k, v in sums.items()}
-    metrics = {k: float(v) for k, v in mlm_metrics(sums, np).items()}
-    return {**metrics, 'num_targets': int(sums['count']), 'num_examples': int(sums['examples'])}
+    return mlm_summary(sums)

@@ -148,6 +148,13 @@ def mlm_metrics(sums, xp=jnp):
           'bits_per_byte': loss / math.log(2.0)}
 
 
+def mlm_summary(sums) -> dict[str, float]:
+  """Reported metrics from accumulated sums: mlm_metrics plus the target and example counts."""
+  sums = {k: float(v) for k, v in sums.items()}
+  metrics = {k: float(v) for k, v in mlm_metrics(sums, np).items()}
+  return {**metrics, 'num_targets': int(sums['count']), 'num_examples': int(sums['examples'])}
+
+
 class MlmTask(Task):
   """Byte-level masked language modelling; the constructor arguments are config.task's
   fields (BERT's 15% of words, 80/10/10; text corpora: the 'text' feature)."""
@@ -242,9 +249,7 @@ class MlmTask(Task):
     return mlm_metrics(sums)
 
   def summarize(self, sums):
-    sums = {k: float(v) for k, v in sums.items()}
-    metrics = {k: float(v) for k, v in mlm_metrics(sums, np).items()}
-    return {**metrics, 'num_targets': int(sums['count']), 'num_examples': int(sums['examples'])}
+    return mlm_summary(sums)
 
   # -- prediction -------------------------------------------------------------------------------
   def predict_example(self, data_config, raw, input_shape):
