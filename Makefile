@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 CONFIG ?= configs/digits.py
 WORKDIR ?= workdirs/digits
-# Extra flags for train.py / eval.py, e.g. ARGS='--config.train.num_steps=100'
+# Extra flags for the trainer / evaluator, e.g. ARGS='--config.train.num_steps=100'
 ARGS ?=
 
 .PHONY: train eval test install clean
@@ -18,11 +18,11 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 install: $(VENV)/.installed
 
 train: install
-	$(PY) train.py --config=$(CONFIG) --workdir=$(WORKDIR) $(ARGS)
-	$(PY) eval.py --config=$(CONFIG) --workdir=$(WORKDIR) $(ARGS)
+	$(PY) -m perceiver_jax.trainer --config=$(CONFIG) --workdir=$(WORKDIR) $(ARGS)
+	$(PY) -m perceiver_jax.evaluator --config=$(CONFIG) --workdir=$(WORKDIR) $(ARGS)
 
 eval: install
-	$(PY) eval.py --config=$(CONFIG) --workdir=$(WORKDIR) $(ARGS)
+	$(PY) -m perceiver_jax.evaluator --config=$(CONFIG) --workdir=$(WORKDIR) $(ARGS)
 
 # --dist loadscope: a test module stays on one worker, so its module fixtures run once.
 test: install

@@ -4,7 +4,7 @@
       --input=model.safetensors --workdir=workdirs/vision_conv
 """
 
-from perceiver_jax.cli import convert_main
+from perceiver_jax.convert.to_checkpoint import main
 
 if __name__ == '__main__':
-  convert_main()
+  main()

@@ -3,7 +3,7 @@
   python eval.py --config=configs/digits.py --workdir=workdirs/digits [--step=N]
 """
 
-from perceiver_jax.cli import eval_main
+from perceiver_jax.evaluator import main
 
 if __name__ == '__main__':
-  eval_main()
+  main()

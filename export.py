@@ -3,7 +3,7 @@
   python export.py --workdir=workdirs/digits --output=exported/digits
 """
 
-from perceiver_jax.cli import export_main
+from perceiver_jax.export import main
 
 if __name__ == '__main__':
-  export_main()
+  main()

@@ -5,7 +5,7 @@
   python predict.py --workdir=workdirs/flow FRAME1 FRAME2 --output=out/flow
 """
 
-from perceiver_jax.cli import predict_main
+from perceiver_jax.predict_files import main
 
 if __name__ == '__main__':
-  predict_main()
+  main()

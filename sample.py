@@ -3,7 +3,7 @@
   python sample.py --workdir=workdirs/ar_stdlib --prompt='def main(' --num_tokens=200
 """
 
-from perceiver_jax.cli import sample_main
+from perceiver_jax.sampling import main
 
 if __name__ == '__main__':
-  sample_main()
+  main()

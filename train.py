@@ -1,6 +1,9 @@
-"""Trains a Perceiver: python train.py --config=configs/digits.py --workdir=workdirs/digits"""
+"""Trains a Perceiver (the same as python -m perceiver_jax.trainer):
 
-from perceiver_jax.cli import train_main
+  python train.py --config=configs/digits.py --workdir=workdirs/digits
+"""
+
+from perceiver_jax.trainer import main
 
 if __name__ == '__main__':
-  train_main()
+  main()

@@ -7,7 +7,7 @@ Run after train.py on WORKDIR: the loop's examples/s are the median of the log w
 WORKDIR/metrics.jsonl (each the wall time between two log steps, so it includes reading
 data, host-to-device copies, checkpoint saves and the sync at the log step; the trainer
 starts each job's first window after the compiling first call). The bare step is the trainer's own jitted
-train step (perceiver_jax/steps.py, same model, optimizer, task and sharding) run
+train step (perceiver_jax/trainer.py, same model, optimizer, task and sharding) run
 back-to-back on one batch already on the devices. loop_vs_step = loop / bare. With
 --record the result is appended as a JSON line (benchmarks/results/gpu.jsonl fields).
 Nothing is asserted.
@@ -30,6 +30,7 @@ from ml_collections import config_flags
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from perceiver_jax.data import pipeline  # noqa: E402
 from perceiver_jax.run import Run  # noqa: E402
+from perceiver_jax.trainer import make_train_step  # noqa: E402
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Experiment config, as for train.py.')
@@ -50,7 +51,7 @@ def loop_windows(workdir: str) -> list[float]:
 def bare_step(config, rounds: int = 3) -> float:
   """examples/s of the trainer's train step on one device-resident batch."""
   run = Run.create(config)
-  state, train_step = run.init_state(), run.train_step()
+  state, train_step = run.init_state(), make_train_step(run)
   batches = pipeline.make_train_iterator(config.data, global_batch_size=int(config.train.batch_size),
                                          seed=0, task=run.task)
   batch = run.to_global(next(batches))

@@ -64,6 +64,7 @@ _EXPORTS = {
     'DatasetError': 'perceiver_jax.errors',
     # Whole runs from an experiment config (what train.py and eval.py call).
     'Run': 'perceiver_jax.run',
+    'default_config': 'perceiver_jax.run',
     'train_and_evaluate': 'perceiver_jax.trainer',
     'evaluate': 'perceiver_jax.evaluator',
     # A trained or converted model from its workdir: load(workdir).predict(raw inputs).

@@ -20,9 +20,10 @@ import os
 
 import jax
 import numpy as np
+from absl import flags
 
+from perceiver_jax import command_line
 from perceiver_jax import predict as predict_lib
-from perceiver_jax import steps
 from perceiver_jax.errors import UserError
 
 PROGRAM = 'model.stablehlo'
@@ -47,7 +48,7 @@ def export(workdir: str, out_dir: str, step: int | None = None, *, input_shape=N
     raise UserError('perceiver-export exports models of one input array; this multimodal '
                     'model takes several, use perceiver_jax.predict.load instead.')
   params, model_state = jax.device_get((predictor.params, predictor.model_state))
-  forward = steps.predict_fn(predictor.run.model, predictor.task)
+  forward = predict_lib.predict_fn(predictor.run.model, predictor.task)
   batch = jax.export.symbolic_shape('b')[0]
   inputs = {'inputs': jax.ShapeDtypeStruct((batch, *shape), predictor.task.input_dtype)}
   exported = jax.export.export(jax.jit(lambda b: forward(params, model_state, b)))(inputs)
@@ -65,3 +66,29 @@ def export(workdir: str, out_dir: str, step: int | None = None, *, input_shape=N
   with open(os.path.join(out_dir, SPEC), 'w') as f:
     json.dump(spec, f, indent=2)
   return spec
+
+# ------------------------------------------------------------------------------------------
+# The command line.
+# ------------------------------------------------------------------------------------------
+
+def _main(argv) -> None:
+  del argv
+  FLAGS = command_line.FLAGS
+  if not FLAGS.workdir or not FLAGS.output:
+    raise UserError('--workdir and --output are required: perceiver-export '
+                    '--workdir=WORKDIR --output=DIR.')
+  print(json.dumps(export(FLAGS.workdir, FLAGS.output, FLAGS.step)))
+
+
+def main() -> None:
+  """python -m perceiver_jax.export (also export.py and perceiver-export)."""
+  flags.DEFINE_integer('step', None, 'Checkpoint step to export (default: the latest).')
+  flags.DEFINE_string('output', None, 'Directory for model.stablehlo and spec.json.')
+  command_line.run(
+      _main,
+      'Exports a workdir\'s forward pass as StableHLO (jax.export) with spec.json.\n\n'
+      'usage: {prog} --workdir=DIR --output=DIR [--step=N]')
+
+
+if __name__ == '__main__':
+  main()

@@ -100,7 +100,7 @@ def resolve_config_paths(argv: list[str]) -> list[str]:
 def _experiment_files(folder: str) -> list[str]:
   try:
     return sorted(n for n in os.listdir(folder)
-                  if n.endswith('.py') and not n.startswith('_') and n != 'common.py')
+                  if n.endswith('.py') and not n.startswith('_'))
   except OSError:
     return []
 
@@ -200,7 +200,7 @@ def _unknown_field(path: str, arg: str, config) -> str:
   else:
     hint = 'valid top-level fields are ' + ', '.join(config.keys())
   return (f'{arg.split("=", 1)[0]} names no config field ({path!r} does not exist); {hint} '
-          '(all fields and their defaults: configs/common.py).')
+          '(all fields and their defaults: default_config in perceiver_jax/run.py).')
 
 
 def _a(kind: str) -> str:
@@ -288,6 +288,17 @@ def _flag_line(flag) -> str:
   return f'  --{flag.name}: {_one_line(flag.help)}{shown}'
 
 
+def program_name(path: str) -> str:
+  """How the program was started: 'train.py', 'perceiver-train', or for a module of the
+  package run with -m, 'python -m perceiver_jax.trainer'."""
+  package = os.path.dirname(os.path.abspath(__file__))
+  full = os.path.abspath(path)
+  if full.startswith(package + os.sep) and full.endswith('.py'):
+    module = os.path.relpath(full[:-3], os.path.dirname(package)).replace(os.sep, '.')
+    return f'python -m {module}'
+  return os.path.basename(path)
+
+
 def own_help(prog: str, usage: str | None = None, shown: tuple[str, ...] | None = None,
              flag_values: flags.FlagValues = flags.FLAGS) -> str:
   """The --help text: usage, then every flag defined in perceiver_jax (or only `shown`),
@@ -302,7 +313,7 @@ def own_help(prog: str, usage: str | None = None, shown: tuple[str, ...] | None 
         if flag.name == CONFIG_FLAG:
           lines.append(f'  --{CONFIG_FLAG}.FIELD=VALUE: overrides one field of the config, '
                        f'e.g. --{CONFIG_FLAG}.train.num_steps=100 (fields and defaults: '
-                       'configs/common.py).')
+                       'default_config in perceiver_jax/run.py).')
   lines.append('  --helpfull: every flag, with those of absl and the libraries.')
   return '\n'.join(lines)
 
@@ -318,7 +329,7 @@ def parse_or_exit(argv: list[str], usage: str | None = None,
   --config.x=y overrides apply to it.
   """
   if _wants(argv, HELP_ARGS):
-    print(own_help(os.path.basename(argv[0]), usage, shown))
+    print(own_help(program_name(argv[0]), usage, shown))
     sys.exit(0)
   try:
     if default_config is not None:

@@ -7,7 +7,7 @@ every checkpoint save. A non-finite state is therefore never saved: the run stop
 last good checkpoint in place, whichever step the NaN appeared at.
 
 With train.skip_nonfinite (and always for float16, whose loss scaling skips overflowing
-steps) a non-finite step leaves the state unchanged instead (steps.py); the run stops only
+steps) a non-finite step leaves the state unchanged instead (trainer.make_train_step); the run stops only
 after train.max_consecutive_skips such steps in a row.
 """
 

@@ -40,16 +40,37 @@ from flax import nnx
 from perceiver_jax import checkpoint as ckpt
 from perceiver_jax import sharding as shd
 from perceiver_jax import tasks
+from perceiver_jax.model.partitioning import with_logical_sharding
 from perceiver_jax import validate
 from perceiver_jax import workdir_config
 from perceiver_jax.data import own_data, pipeline
 from perceiver_jax.errors import UserError
 from perceiver_jax.run import Run
+from perceiver_jax.state import ModelSpec
 
 # TFDS ships ImageNet's 1000 class names (WordNet ids, e.g. 'n01440764') in this order.
 IMAGENET_LABELS = 'datasets/imagenet2012/labels.txt'
 # Written by perceiver-convert from a Hugging Face config.json's id2label.
 CLASS_NAMES = 'class_names.json'
+
+
+def predict_fn(spec: ModelSpec, task: tasks.Task):
+  """predict(params, model_state, batch) -> task.predictions of the model on `batch`
+  (deterministic, unjitted: make_predict_step jits it, perceiver_jax/export.py exports it)."""
+  def predict(params, model_state, batch):
+    outputs, _ = spec.apply(params, model_state, batch, task, train=False)
+    return task.predictions(outputs)
+  return predict
+
+
+def make_predict_step(run: Run):
+  """Returns predict_step(params, model_state, batch) -> the task's predictions
+  (replicated), jitted with the run's shardings, activations constrained as in evaluation."""
+  step = with_logical_sharding(predict_fn(run.model, run.task), run.mesh,
+                               shd.rules_dict(run.config.sharding.rules))
+  return jax.jit(step, in_shardings=(run.params_shardings, run.model_state_shardings,
+                                     shd.batch_sharding(run.mesh)),
+                 out_shardings=shd.replicated(run.mesh))
 
 
 def input_shape_of(config, task) -> Any:
@@ -111,7 +132,7 @@ class Predictor:
     return self.run.model.input_shape
 
   def __post_init__(self):
-    self._predict_step = self.run.predict_step()
+    self._predict_step = make_predict_step(self.run)
 
   def model(self):
     """The nnx model with the restored weights (for code of your own, e.g. sampling)."""

@@ -10,11 +10,14 @@ Nothing already on disk is overwritten: existing outputs are refused in one sent
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
+from absl import flags
 from PIL import Image, UnidentifiedImageError
 
+from perceiver_jax import command_line
 from perceiver_jax import flow_colors
 from perceiver_jax import predict as predict_lib
 from perceiver_jax.data import flow_io
@@ -97,3 +100,34 @@ def predict_files(workdir: str, files: list[str], *, step: int | None = None,
                     f'reads image files, texts and frame pairs); call '
                     f'perceiver_jax.predict.load({workdir!r}).predict(...) from Python.')
   return {'workdir': predictor.workdir, 'step': predictor.step, 'task': name, **result}
+
+# ------------------------------------------------------------------------------------------
+# The command line.
+# ------------------------------------------------------------------------------------------
+
+def _main(argv) -> None:
+  FLAGS = command_line.FLAGS
+  if not FLAGS.workdir:
+    raise UserError('--workdir is required: a training or convert workdir, e.g. '
+                    'perceiver-predict --workdir=workdirs/digits IMAGE...')
+  print(json.dumps(predict_files(
+      FLAGS.workdir, list(argv[1:]), step=FLAGS.step, text=FLAGS.text, mask=FLAGS.mask,
+      top_k=FLAGS.top_k, output=FLAGS.output)))
+
+
+def main() -> None:
+  """python -m perceiver_jax.predict_files (also predict.py and perceiver-predict)."""
+  flags.DEFINE_integer('step', None, 'Checkpoint step to predict with (default: the latest).')
+  flags.DEFINE_string('text', None, "Language models: the text, '[MASK]' for each byte to fill.")
+  flags.DEFINE_string('mask', None, 'Language models: mask every byte of the last occurrence '
+                      'of this part of --text.')
+  flags.DEFINE_integer('top_k', 5, 'Classifiers: classes printed per image.')
+  flags.DEFINE_string('output', 'flow', 'Flow models: write OUTPUT.flo and OUTPUT.png.')
+  command_line.run(
+      _main,
+      'Predicts with a trained or converted workdir (its config.json; no --config).\n\n'
+      'usage: {prog} --workdir=DIR IMAGE... | --text=TEXT [--mask=S] | FRAME1 FRAME2')
+
+
+if __name__ == '__main__':
+  main()

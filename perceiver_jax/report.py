@@ -16,6 +16,7 @@ import statistics
 
 from matplotlib.figure import Figure  # Agg canvas, no pyplot global state
 
+from perceiver_jax import command_line
 from perceiver_jax.errors import UserError
 from perceiver_jax.metrics_log import RUN_INFO, TENSORBOARD_DIR
 
@@ -330,3 +331,26 @@ def write_report(workdir: str, out_dir: str | None = None) -> dict:
   with open(readme, 'w') as f:
     f.write(summary_markdown(workdir, run, plots, out_dir))
   return dict(readme=readme, plots={k: os.path.join(out_dir, v) for k, v in plots.items()})
+
+# ------------------------------------------------------------------------------------------
+# The command line.
+# ------------------------------------------------------------------------------------------
+
+def _main(argv) -> None:
+  # perceiver-report WORKDIR, or --workdir=WORKDIR like the other mains.
+  workdirs = ([command_line.FLAGS.workdir] if command_line.FLAGS.workdir else []) + argv[1:]
+  if len(workdirs) != 1:
+    raise UserError('perceiver-report takes one workdir: perceiver-report WORKDIR.')
+  print(json.dumps(write_report(workdirs[0])))
+
+
+def main() -> None:
+  """python -m perceiver_jax.report WORKDIR (also report.py and perceiver-report)."""
+  command_line.run(
+      _main,
+      'Plots and summarises a run: writes WORKDIR/report/ (a PNG per metric, README.md).\n\n'
+      'usage: {prog} WORKDIR', shown=('workdir',))
+
+
+if __name__ == '__main__':
+  main()

@@ -14,7 +14,12 @@
 
 Everything downstream takes what it needs from the Run: `init_state` / `abstract_state` /
 `abstract_weights`, `train_batches` / `eval_batches` (host batches made global arrays in
-one place), `train_step` / `eval_step`, `summary`.
+one place), `summary`; the steps are built from it where they run (trainer.make_train_step,
+evaluator.make_eval_step, predict.make_predict_step).
+
+The config a Run reads is described here too, beside the code that reads it: `default_config`
+holds every field at its default (the experiment configs start from it), `parse_variant`
+reads the `configs/x.py:a=1,b=x` variant strings.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from typing import Any, Iterator
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import optax
 from flax import nnx
 from jax.sharding import Mesh
@@ -32,15 +38,157 @@ from jax.sharding import Mesh
 from perceiver_jax import optim
 from perceiver_jax import sharding as shd
 from perceiver_jax import state as state_lib
-from perceiver_jax import steps
 from perceiver_jax import tasks
 from perceiver_jax import validate
 from perceiver_jax.data import pipeline
 from perceiver_jax.errors import UserError
+from perceiver_jax.model.build import default_model_config
 from perceiver_jax.model.build_multimodal import input_shapes
 from perceiver_jax.model.summary import model_summary
 from perceiver_jax.state import ModelSpec, TrainState
 
+
+# ------------------------------------------------------------------------------------------
+# The config: every field at its default, and experiment variants.
+# ------------------------------------------------------------------------------------------
+
+def parse_variant(arg: str | None, **defaults):
+  """Parses 'a=1,b=x' variant strings (configs/x.py:a=1,b=x), typed by the defaults.
+
+  A bare key of a bool default sets it: 'runlocal' is 'runlocal=true'.
+  """
+  values = dict(defaults)
+  for item in filter(None, (arg or '').split(',')):
+    key, equals, value = item.partition('=')
+    if key not in defaults:
+      raise ValueError(f'Unknown config variant key {key!r}; valid keys: {sorted(defaults)}.')
+    kind = type(defaults[key])
+    if kind is bool:
+      values[key] = not equals or value.lower() in ('1', 'true', 'yes')
+    else:
+      values[key] = kind(value)
+  return ml_collections.ConfigDict(values)
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """Every field a run reads, at its default: an experiment config (perceiver_jax/configs)
+  starts here and overrides what it needs; so can the command line:
+  --config.optimizer.learning_rate=3e-4."""
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  # What the data, loss and metrics are: the task's name and every setting of it
+  # (perceiver_jax/tasks), e.g. --config.task.label_smoothing=0.1.
+  config.task = tasks.task_config('classification')
+  # Fine-tuning: start a new run from the weights of a checkpoint (a train.py or
+  # perceiver-convert workdir). Parameters whose '/'-joined path fully matches the
+  # regex init_exclude (e.g. 'decoder/.*') keep their fresh initialisation.
+  config.init_from = ml_collections.FieldReference(None, field_type=str)
+  config.init_exclude = ''
+  # 'this/path=checkpoint/path,...': parameters stored under another path in init_from
+  # (e.g. a tied table: 'preprocessor/embeddings=postprocessor/embeddings').
+  config.init_rename = ''
+  # Resuming or evaluating a workdir with a config that changes its recipe or its eval
+  # settings is refused unless the changed fields (or sections) are listed here:
+  # 'data.normalize,optimizer' (perceiver_jax/config_changes.py says which change freely).
+  config.allow_changes = ''
+
+  config.data = ml_collections.ConfigDict(dict(
+      name='',                  # TFDS name, optionally with builder config: 'mnist1d/shuffled'
+      # None: $TFDS_DATA_DIR or ~/tensorflow_datasets
+      data_dir=ml_collections.FieldReference(None, field_type=str),
+      # Datasets built from files you download (imagenet2012, flow_files, modelnet40, ...):
+      # None = TFDS's <data_dir>/downloads/manual
+      manual_dir=ml_collections.FieldReference(None, field_type=str),
+      # Your own data (docs/datasets.md): a module name or .py file defining a TFDS builder
+      builder_module='',
+      # name='npz_folder' | 'image_folder': the folder of your .npz files or class folders
+      source_dir=ml_collections.FieldReference(None, field_type=str),
+      test_fraction=0.2,        # folders without train/ and test/: seeded share of test
+      image_resize=(),          # image_folder: (height, width) to resize to; () keeps sizes
+      train_split='train',
+      eval_split='test',
+      normalize=(0.0, 1.0),     # inputs -> (x - mean) / std
+      augment='',               # '' | 'random_shift' (training examples only)
+      max_shift=1,              # random_shift: largest translation per index axis
+      # Host reading: threads or worker processes building whole batches ahead (0 = none,
+      # read in the training loop's thread), and batches held ready by grain.
+      read_threads=0,
+      worker_count=0,           # > 0: grain worker processes (CPU-heavy augmentation)
+      prefetch=0,
+      device_prefetch=2,        # batches copied to the devices ahead of the step using them
+  ))
+
+  config.model = default_model_config()
+
+  config.train = ml_collections.ConfigDict(dict(
+      batch_size=64,            # global batch, over all devices and processes
+      num_steps=1000,           # length of the run (and of the LR schedule)
+      max_steps_per_run=0,      # >0: stop (with a checkpoint) after this many steps; rerun resumes
+      log_every_steps=50,
+      eval_every_steps=0,       # 0: evaluate only at the end
+      grad_accum_steps=1,       # >1: split each batch into this many micro-batches, one update
+      loss_scale_init=2.0**15,  # model.dtype=float16 only: initial dynamic loss scale
+      loss_scale_period=2000,   # float16 only: double the scale after this many finite steps
+      skip_nonfinite=False,     # True: a step with NaN/Inf loss or gradients changes nothing
+      max_consecutive_skips=10, # skip_nonfinite: stop after this many non-finite steps in a row
+  ))
+
+  config.optimizer = ml_collections.ConfigDict(dict(
+      name='adamw',             # adamw | lamb
+      learning_rate=1e-3,       # peak, after warmup
+      warmup_steps=100,
+      schedule='cosine',        # cosine | constant_cosine | constant | linear
+      decay_start_fraction=0.0, # constant_cosine: fraction of post-warmup steps held at peak
+      end_lr_factor=0.0,
+      b1=0.9,
+      b2=0.999,
+      eps=1e-8,
+      weight_decay=1e-4,        # masked: no decay on biases, norms and other 1-D params
+      clip_norm=1.0,            # global-norm clipping; 0 disables
+  ))
+
+  config.eval = ml_collections.ConfigDict(dict(
+      batch_size=256,
+      telemetry_examples=32,    # eval examples for latent telemetry (docs/telemetry.md); 0 = off
+  ))
+
+  # -1: all remaining devices. Pure data parallel by default.
+  config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  # Logical axis -> mesh axes. FSDP shards the model width; tensor parallelism the heads/MLP.
+  # The mesh sizes pick the layout (size-1 axes are dropped); see perceiver_jax/sharding.py.
+  config.sharding = ml_collections.ConfigDict(dict(
+      # '' = config.mesh as written; dp | fsdp | tp | dp_fsdp | dp_tp | fsdp_tp | dp_fsdp_tp
+      # = all devices on those axes (the first takes the rest, the others' sizes from mesh).
+      layout='',
+      rules=(
+          # Parameters.
+          ('embed', 'fsdp'),
+          ('input_channels', 'fsdp'),
+          ('pos_channels', 'fsdp'),
+          ('heads', 'tensor'),        # q/k/v output channels of multi-head attention
+          ('head_dim', None),         # the same of single-head attention: nothing to split
+          ('mlp', 'tensor'),
+          ('classes', 'tensor'),
+          ('latents', None),
+          # Activations (model/partitioning.py constrain at block boundaries).
+          ('batch', ('data', 'fsdp')),
+          ('length', None),
+          ('act_embed', None),        # FSDP gathers weights, not activations
+          ('act_heads', 'tensor'),
+          ('act_mlp', 'tensor'),
+      )))
+
+  config.checkpoint = ml_collections.ConfigDict(dict(
+      every_steps=500,
+      keep=3,                   # newest checkpoints kept
+      async_save=True,
+  ))
+  return config
+
+
+# ------------------------------------------------------------------------------------------
+# The Run.
+# ------------------------------------------------------------------------------------------
 
 def abstract_model(config, input_shape, dataset: str | None = None) -> nnx.Module:
   """The model of `config` for per-example `input_shape`, built abstractly (shapes only).
@@ -139,20 +287,20 @@ class Run:
   # State.
   # ----------------------------------------------------------------------------------------
 
-  def _need_training(self, what: str) -> None:
+  def need_training(self, what: str) -> None:
     if self.tx is None:
       raise ValueError(f'{what} needs a training Run; create it with training=True.')
 
   def init_state(self) -> TrainState:
     """A fresh TrainState (seed config.seed), born sharded: no array is ever materialised
     whole on one device."""
-    self._need_training('init_state')
+    self.need_training('init_state')
     init = state_lib.make_init(self.config, self.model.input_shape, self.tx)
     return jax.jit(init, out_shardings=self.state_shardings)(jnp.uint32(self.config.seed))
 
   def abstract_state(self) -> TrainState:
     """The TrainState as sharded ShapeDtypeStructs: what a checkpoint restores into."""
-    self._need_training('abstract_state')
+    self.need_training('abstract_state')
     return state_lib.with_shardings(self.abstract_train_state, self.state_shardings)
 
   def abstract_weights(self) -> tuple[Any, Any]:
@@ -198,26 +346,3 @@ class Run:
         global_batch_size=self.eval_batch_size, process_index=jax.process_index(),
         process_count=jax.process_count(), task=self.task)
     return (self.to_global(batch) for batch in batches)
-
-  # ----------------------------------------------------------------------------------------
-  # Steps.
-  # ----------------------------------------------------------------------------------------
-
-  def train_step(self):
-    """steps.make_train_step on this run: train_step(state, batch) -> (state, metrics)."""
-    self._need_training('train_step')
-    return steps.make_train_step(self.model, self.tx, self.schedule, self.config, self.mesh,
-                                 self.state_shardings, self.task)
-
-  def eval_step(self):
-    """steps.make_eval_step on this run: eval_step(params, model_state, batch) -> sums."""
-    return steps.make_eval_step(self.model, self.mesh, self.params_shardings,
-                                self.model_state_shardings, rules=self.config.sharding.rules,
-                                task=self.task)
-
-  def predict_step(self):
-    """steps.make_predict_step on this run: predict_step(params, model_state, batch) ->
-    the task's predictions."""
-    return steps.make_predict_step(self.model, self.mesh, self.params_shardings,
-                                   self.model_state_shardings,
-                                   rules=self.config.sharding.rules, task=self.task)

@@ -15,13 +15,16 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import flags
 from flax import nnx
 
+from perceiver_jax import command_line
 from perceiver_jax import predict
 from perceiver_jax.errors import UserError
 from perceiver_jax.model.perceiver_ar import PerceiverAR
@@ -192,3 +195,47 @@ def sample_text(workdir: str, prompt: str, num_tokens: int, *, step: int | None 
   new = generation.tokens[0, len(tokens):].astype(np.uint8).tobytes()
   return dict(prompt=prompt, continuation=new.decode('utf-8', errors='replace'),
               step=predictor.step, seconds=round(seconds, 3))
+
+# ------------------------------------------------------------------------------------------
+# The command line.
+# ------------------------------------------------------------------------------------------
+
+def _main(argv) -> None:
+  del argv
+  FLAGS = command_line.FLAGS
+  if not FLAGS.workdir:
+    raise UserError('--workdir is required: the workdir of a Perceiver AR training run.')
+  if FLAGS.prompt is None:
+    raise UserError("--prompt is required: the text to continue, e.g. --prompt='def main('.")
+  options = SamplingOptions(temperature=FLAGS.temperature, top_k=FLAGS.top_k,
+                            top_p=FLAGS.top_p)
+  result = sample_text(FLAGS.workdir, FLAGS.prompt, FLAGS.num_tokens, step=FLAGS.step,
+                       options=options, seed=FLAGS.seed, cached=FLAGS.cache,
+                       num_latents=FLAGS.num_latents, stride=FLAGS.stride)
+  print(json.dumps(result))
+
+
+def main() -> None:
+  """python -m perceiver_jax.sampling (also sample.py and perceiver-sample)."""
+  flags.DEFINE_string('prompt', None, 'The text to continue (UTF-8 bytes).')
+  flags.DEFINE_integer('num_tokens', 200, 'Bytes to generate.')
+  flags.DEFINE_float('temperature', 1.0, 'Sampling temperature; 0 = the most likely byte.')
+  flags.DEFINE_integer('top_k', 0, 'Sample among the k most likely bytes; 0 = all.')
+  flags.DEFINE_float('top_p', 1.0, 'Sample among the most likely bytes holding this much '
+                     'probability; 1 = all.')
+  flags.DEFINE_integer('seed', 0, 'Random seed of the sampling.')
+  flags.DEFINE_integer('step', None, 'Checkpoint step to sample from (default: the latest).')
+  flags.DEFINE_integer('num_latents', None, 'Latent window (default: the trained one).')
+  flags.DEFINE_integer('stride', None, 'Tokens between re-encodes once the window is full '
+                       '(default: half the window).')
+  flags.DEFINE_bool('cache', True, 'Use the key/value cache (--nocache: re-encode the whole '
+                    'context for every byte).')
+  command_line.run(
+      _main,
+      'Continues a prompt with a trained Perceiver AR model (key/value-cached sampling).\n\n'
+      'usage: {prog} --workdir=DIR --prompt=TEXT [--num_tokens=N] [--temperature=T] '
+      '[--top_k=K] [--top_p=P] [--seed=S]')
+
+
+if __name__ == '__main__':
+  main()

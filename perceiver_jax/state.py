@@ -1,7 +1,8 @@
-"""The train state and the function that initialises it (jitted with shardings by run.py).
+"""The train state, the model spec the step functions apply, and the function that
+initialises the state (jitted with shardings by run.py).
 
-Kept apart from run.py because steps.py needs TrainState and ModelSpec, and run.py needs
-steps.py: the layers import downward only.
+Kept below run.py: the train, eval and predict steps (trainer.py, evaluator.py, predict.py)
+need TrainState and ModelSpec but not the Run.
 """
 
 from __future__ import annotations
@@ -36,6 +37,14 @@ class ModelSpec:
   graphdef: Any
   input_shape: tuple[int, ...] | dict[str, tuple[int, ...]]  # dict: multimodal models
   num_params: int
+
+  def apply(self, params, model_state, batch, task, *, train: bool, key=None):
+    """The model on `batch` as `task` feeds it -> (outputs, new model state as a pure dict)."""
+    model = nnx.merge(self.graphdef, params, model_state)
+    rngs = nnx.Rngs(dropout=key) if key is not None else None
+    outputs = model(**task.model_inputs(batch), deterministic=not train, rngs=rngs)
+    _, _, new_model_state = nnx.split(model, nnx.Param, ...)
+    return outputs, nnx.to_pure_dict(new_model_state)
 
 
 def build(config, input_shape, seed_key=None) -> nnx.Module:

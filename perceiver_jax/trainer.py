@@ -1,21 +1,33 @@
-"""train_and_evaluate(config, workdir): the training loop, in banner-marked sections."""
+"""Training: `python -m perceiver_jax.trainer --config=FILE --workdir=DIR` (also train.py and
+perceiver-train).
+
+train_and_evaluate(config, workdir) is the loop, in banner-marked sections; make_train_step
+is the jitted step it runs; main is the command line.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import time
 
 import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from perceiver_jax import checkpoint as ckpt
-from perceiver_jax import config_changes, finetune, nonfinite, preemption, workdir_lock
+from perceiver_jax import command_line
+from perceiver_jax import config_changes, evaluator, finetune, nonfinite, precision
+from perceiver_jax import preemption, workdir_lock
 from perceiver_jax import sharding as shd
-from perceiver_jax import steps
 from perceiver_jax.metrics_log import MetricsLog, Progress, format_metrics
+from perceiver_jax.model.partitioning import with_logical_sharding
 from perceiver_jax.model.summary import format_summary
 from perceiver_jax.run import Run
+from perceiver_jax.state import TrainState
 from perceiver_jax.telemetry import Telemetry
 
 
@@ -85,15 +97,15 @@ def _train_and_evaluate(config, workdir: str, cleanup: contextlib.ExitStack) -> 
   if jax.process_index() == 0:
     config_changes.record_start(workdir, config, start_step)
 
-  train_step = run.train_step()
-  eval_step = run.eval_step()
+  train_step = make_train_step(run)
+  eval_step = evaluator.make_eval_step(run)
   log = MetricsLog(workdir, start_step=start_step)
   log.write_run_info(start_step, summary, dict(mesh.shape))  # read by perceiver-report
   telemetry = Telemetry.create(run, workdir, log)  # None: off
 
   def run_eval(step: int) -> dict:
-    metrics = steps.evaluate_split(eval_step, state.params, state.model_state,
-                                   run.eval_batches(), task)
+    metrics = evaluator.evaluate_split(eval_step, state.params, state.model_state,
+                                       run.eval_batches(), task)
     scalars = telemetry.run(step, state.params, state.model_state) if telemetry else {}
     log.write(step, 'eval', {**metrics, **scalars})
     if jax.process_index() == 0:
@@ -174,3 +186,135 @@ def _train_and_evaluate(config, workdir: str, cleanup: contextlib.ExitStack) -> 
   manager.close()
   log.close()
   return final
+
+
+# ------------------------------------------------------------------------------------------
+# The step: a pure function of (state, batch) with explicit shardings.
+# ------------------------------------------------------------------------------------------
+
+def split_micro_batches(x: jax.Array, num_micro: int, mesh: Mesh) -> jax.Array:
+  """[batch, ...] -> [num_micro, batch // num_micro, ...], micro-batch i = rows i, i+k, ...
+
+  Strided rather than contiguous: each device's rows of the batch hold an equal share of
+  every micro-batch, so the split moves no data (batch must divide by k x data-parallel).
+  """
+  x = x.reshape((x.shape[0] // num_micro, num_micro) + x.shape[1:]).swapaxes(0, 1)
+  spec = P(None, shd.BATCH_AXES, *(None,) * (x.ndim - 2))
+  return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
+
+
+def make_train_step(run: Run):
+  """Returns train_step(state, batch) -> (state, metrics) of `run`, jitted with donated state
+  and the run's shardings.
+
+  The loss and metrics are the run's task's; the loss is the task's summed loss of the batch
+  over task.normaliser(batch), i.e. a mean.
+
+  With train.grad_accum_steps = k the batch is processed as k micro-batches in a scan
+  (gradients and metric sums added up) before one optimizer update: the same update as
+  the whole batch at once, in about 1/k of the activation memory. Models with BatchNorm
+  differ: each micro-batch is normalised by its own statistics and updates the running
+  averages once (k updates per step; tests/test_batchnorm.py). With a float16 model the
+  loss is scaled by state.loss_scale, and a step with non-finite gradients changes nothing
+  but the scale; with train.skip_nonfinite so does any non-finite step. metrics['finite']
+  says whether the loss and gradients were finite.
+  """
+  run.need_training('make_train_step')
+  spec, tx, schedule, task = run.model, run.tx, run.schedule, run.task
+  config, mesh = run.config, run.mesh
+  num_micro = int(config.train.get('grad_accum_steps', 1))
+  skip_nonfinite = bool(config.train.get('skip_nonfinite', False))
+
+  def micro_grads(params, model_state, batch, key, total, scale):
+    """Gradient of scale * (this micro-batch's summed loss / the whole batch's
+    normaliser), and sums."""
+    def loss_fn(params):
+      outputs, new_model_state = spec.apply(params, model_state, batch, task, train=True,
+                                            key=key)
+      sums = task.loss_sums(outputs, batch, train=True)
+      objective = sums['loss'] / total
+      return (objective if scale is None else objective * scale), (sums, new_model_state)
+    (_, (sums, new_model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    return grads, sums, new_model_state
+
+  def accumulated_grads(state: TrainState, batch, key, scale):
+    total = task.normaliser(batch)  # of the whole batch, before any micro-batch split
+    if num_micro == 1:
+      return micro_grads(state.params, state.model_state, batch, key, total, scale)
+    micro = jax.tree.map(lambda x: split_micro_batches(x, num_micro, mesh), batch)
+
+    def body(carry, xs):
+      grads, sums, model_state = carry
+      index, micro_batch = xs
+      g, s, model_state = micro_grads(state.params, model_state, micro_batch,
+                                      jax.random.fold_in(key, index), total, scale)
+      return (jax.tree.map(jnp.add, grads, g), jax.tree.map(jnp.add, sums, s), model_state), None
+
+    first = jax.tree.map(lambda x: x[0], micro)
+    shapes = jax.eval_shape(micro_grads, state.params, state.model_state, first, key, total,
+                            scale)
+    zeros = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), shapes[:2])
+    (grads, sums, model_state), _ = jax.lax.scan(
+        body, (*zeros, state.model_state), (jnp.arange(num_micro), micro))
+    return grads, sums, model_state
+
+  def train_step(state: TrainState, batch):
+    key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+    loss_scale = state.loss_scale
+    scale = None if loss_scale is None else loss_scale.scale
+    grads, sums, model_state = accumulated_grads(state, batch, key, scale)
+    if loss_scale is not None:
+      grads = jax.tree.map(lambda g: g / scale, grads)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {
+        **task.train_metrics(sums),
+        'grad_norm': optax.tree.norm(grads),
+        'learning_rate': schedule(state.step),
+    }
+    # Read by the loop (perceiver_jax/nonfinite.py): a non-finite step stops the run or is skipped.
+    finite = precision.all_finite(grads) & jnp.isfinite(metrics['loss'])
+    metrics['finite'] = finite
+    if loss_scale is not None or skip_nonfinite:
+      # A non-finite step is skipped: the old params/optimizer state stay (float16: the scale halves).
+      params, opt_state, model_state = precision.select_tree(
+          finite, (params, opt_state, model_state),
+          (state.params, state.opt_state, state.model_state))
+      metrics['skipped'] = (~finite).astype(jnp.float32)
+    if loss_scale is not None:
+      loss_scale = loss_scale.adjust(finite)
+      metrics['loss_scale'] = loss_scale.scale
+    new_state = state.replace(step=state.step + 1, params=params, model_state=model_state,
+                              opt_state=opt_state, loss_scale=loss_scale)
+    return new_state, metrics
+
+  batch_sharding = shd.batch_sharding(mesh)
+  # Activations are constrained by their logical names while the step is traced.
+  train_step = with_logical_sharding(train_step, mesh, shd.rules_dict(config.sharding.rules))
+  return jax.jit(train_step,
+                 in_shardings=(run.state_shardings, batch_sharding),
+                 out_shardings=(run.state_shardings, shd.replicated(mesh)),
+                 donate_argnums=(0,))
+
+
+# ------------------------------------------------------------------------------------------
+# The command line.
+# ------------------------------------------------------------------------------------------
+
+def _main(argv) -> None:
+  del argv
+  command_line.start()
+  result = train_and_evaluate(command_line.FLAGS.config, command_line.FLAGS.workdir)
+  command_line.print_summary(result)
+  print(json.dumps({'final_eval': result}))  # the last line: for scripts
+
+
+def main() -> None:
+  command_line.run(
+      _main,
+      'Trains a Perceiver; rerunning the same command resumes from the newest checkpoint.\n\n'
+      'usage: {prog} --config=FILE[:VARIANT] --workdir=DIR [--config.FIELD=VALUE ...]')
+
+
+if __name__ == '__main__':
+  main()

@@ -64,8 +64,8 @@ def flags_for(overrides: dict) -> list[str]:
 
 def run_main(script: str, args: list[str], *, devices: int = 8, check: bool = True,
              timeout: int = 600, cwd: str = ROOT) -> subprocess.CompletedProcess:
-  """Runs train.py / eval.py (from `cwd`) in a fresh process with `devices` fake CPU
-  devices."""
+  """Runs train.py / eval.py (from `cwd`), or a module of the package ('perceiver_jax.trainer':
+  python -m), in a fresh process with `devices` fake CPU devices."""
   env = dict(os.environ)
   # The mains' programs are small and run a few steps: XLA's backend optimisations cost
   # more compile time than they save (a train.py run of the conv model: 46 s -> 27 s).
@@ -73,7 +73,9 @@ def run_main(script: str, args: list[str], *, devices: int = 8, check: bool = Tr
                       '--xla_backend_optimization_level=0')
   env['JAX_PLATFORMS'] = 'cpu'
   # The session's compilation cache (tests/conftest.py) comes with os.environ.
-  proc = subprocess.run([sys.executable, os.path.join(ROOT, script), *args], cwd=cwd, env=env,
+  program = (['-m', script] if script.startswith('perceiver_jax.')
+             else [os.path.join(ROOT, script)])
+  proc = subprocess.run([sys.executable, *program, *args], cwd=cwd, env=env,
                         capture_output=True, text=True, timeout=timeout)
   if check and proc.returncode != 0:
     raise AssertionError(f'{script} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr[-6000:]}')

@@ -12,7 +12,7 @@ from flax import nnx
 from scipy.io import wavfile
 
 from configs import audioset_perceiver
-from perceiver_jax import evaluator, steps, tasks, trainer
+from perceiver_jax import evaluator, tasks, trainer
 from perceiver_jax import state as state_lib
 from perceiver_jax.data import pipeline
 from perceiver_jax.data.builders import audioset_files as af
@@ -96,7 +96,7 @@ def test_task_map_equals_average_precisions_worked_out_by_hand():
                for s in (slice(0, 3), slice(3, 6))]
     eval_step = lambda params, model_state, b: task.loss_sums(jnp.asarray(b['logits']), b,
                                                               train=False)
-    report = steps.evaluate_split(eval_step, None, None, batches, task)
+    report = evaluator.evaluate_split(eval_step, None, None, batches, task)
     assert report['num_examples'] == 5 and report['num_classes_scored'] == 3
     return report['map']
 
@@ -127,7 +127,7 @@ def test_sigmoid_loss_numbers_and_padding_never_counts():
 
 
 def test_eval_rows_concatenate_over_batches_and_padding_is_dropped():
-  """steps.evaluate_split concatenates the per-example rows; the padding example (perfect
+  """evaluator.evaluate_split concatenates the per-example rows; the padding example (perfect
   scores for a class whose only positive it carries) must not change mAP."""
   task = MultilabelTask()
   rng = np.random.default_rng(1)
@@ -142,7 +142,7 @@ def test_eval_rows_concatenate_over_batches_and_padding_is_dropped():
              for s in (slice(0, 3), slice(3, 6), slice(6, 8))]
   eval_step = lambda params, model_state, b: task.loss_sums(jnp.asarray(b['logits']), b,
                                                             train=False)
-  report = steps.evaluate_split(eval_step, None, None, batches, task)
+  report = evaluator.evaluate_split(eval_step, None, None, batches, task)
   want = multilabel_metrics(logits[:7], labels[:7])
   assert report['num_examples'] == 7 and report['num_classes_scored'] == 3
   assert report['map'] == pytest.approx(want['map'], rel=1e-9)

@@ -58,7 +58,7 @@ CASES = [
     (['--worksdir=x'], '--worksdir is not a flag of this program; did you mean --workdir'),
     (['--config=configs/nope.py'], 'Config file configs/nope.py does not exist; pass one of: '
                                    'configs/audioset_perceiver.py, configs/digits.py, '),
-    # the experiment files beside it, sorted; not common.py nor private helpers (_*.py)
+    # the experiment files beside it, sorted; not private helpers (_*.py)
     (['--config=configs/mnist1d.py:foo=1'], "Unknown config variant key 'foo'; valid keys: "
                                             "['data', 'model', 'steps']"),
     (['--config=configs/mnist1d.py:model=cnn'], "Unknown mnist1d model variant 'cnn'"),

@@ -18,6 +18,7 @@ import pytest
 
 from configs import imagenet_perceiver_io
 from perceiver_jax import checkpoint as ckpt
+from perceiver_jax import evaluator, trainer
 from perceiver_jax import sharding as shd
 from perceiver_jax.run import Run
 
@@ -114,7 +115,7 @@ def _train(initial_state, mesh_sizes, grad_accum_steps):
   mesh = _mesh(mesh_sizes)
   run = Run.from_input_shape(config, IMAGE, mesh)
   state = jax.device_put(initial_state, run.state_shardings)
-  train_step = run.train_step()
+  train_step = trainer.make_train_step(run)
   records = [{'stats': _stats(state.model_state)}]
   for batch in _batches(NUM_STEPS):
     kernel = np.array(_get(state.params, KERNEL))  # the state is donated to the step
@@ -185,7 +186,7 @@ def _eval_fn(config, mesh):
   """The eval step on `mesh` -> fn(params, model_state, batch) -> summed metrics, with
   the state and the batch placed as train.py and eval.py place them."""
   run = Run.from_input_shape(config, IMAGE, mesh, training=False)
-  eval_step = run.eval_step()
+  eval_step = evaluator.make_eval_step(run)
 
   def evaluate(params, model_state, batch):
     sums = eval_step(jax.device_put(params, run.params_shardings),

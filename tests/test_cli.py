@@ -16,6 +16,9 @@ OWN_FLAGS = {
     'eval.py': ('--config', '--workdir', '--step', '--split'),
     'convert.py': ('--config', '--workdir', '--input', '--format'),
     'report.py': ('--workdir',),
+    # The same mains run as modules (what `make train` runs).
+    'perceiver_jax.trainer': ('--config', '--workdir', '--distributed'),
+    'perceiver_jax.evaluator': ('--config', '--workdir', '--step', '--split'),
 }
 
 
@@ -24,7 +27,8 @@ def test_help_lists_the_programs_own_flags_and_exits_0(script):
   proc = run_main(script, ['--help'], devices=1, check=False)
   assert proc.returncode == 0, proc.stderr
   lines = proc.stdout.splitlines()
-  assert f'usage: {script}' in proc.stdout
+  program = f'python -m {script}' if script.startswith('perceiver_jax.') else script
+  assert f'usage: {program} ' in proc.stdout
   for flag in OWN_FLAGS[script]:
     listed = [line for line in lines if line.startswith(f'  {flag}:')]
     assert len(listed) == 1, f'{flag} not listed once in:\n{proc.stdout}'
@@ -41,7 +45,7 @@ def test_a_relative_config_path_finds_the_packaged_config_from_any_directory(tmp
   assert proc.stderr.strip() == (
       "error: --config.train.batchsiz names no config field ('train.batchsiz' does not "
       'exist); the closest are --config.train.batch_size, --config.eval.batch_size (all '
-      'fields and their defaults: configs/common.py).')
+      'fields and their defaults: default_config in perceiver_jax/run.py).')
   # A missing one lists what to pass, in the form that works from here.
   proc = run_main('train.py', ['--config=configs/pretrained/nope.py', '--workdir=w'],
                   devices=1, check=False, cwd=tmp_path)

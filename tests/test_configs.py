@@ -6,8 +6,9 @@ import sys
 import pytest
 from flax import nnx
 
-from configs import common, digits, mnist1d
+from configs import digits, mnist1d
 from perceiver_jax import state as state_lib
+from perceiver_jax.run import parse_variant
 from perceiver_jax.validate import validate_config
 from tests.helpers import ROOT, abstract_run
 
@@ -44,7 +45,7 @@ def test_variants_select_data_and_augmentation():
 
 
 def test_parse_arg_types_values_by_default():
-  parsed = common.parse_arg('a=3,b=true,c=x', a=1, b=False, c='y')
+  parsed = parse_variant('a=3,b=true,c=x', a=1, b=False, c='y')
   assert (parsed.a, parsed.b, parsed.c) == (3, True, 'x')
 
 
@@ -71,7 +72,7 @@ BENCHMARKS = ('audioset_perceiver', 'flow_autoflow', 'flow_skimage', 'imagenet_p
 def test_every_config_file_is_a_known_experiment():
   import os  # pylint: disable=g-import-not-at-top
   names = {n[:-3] for n in os.listdir(os.path.join(ROOT, 'configs'))
-           if n.endswith('.py') and not n.startswith('_') and n != 'common.py'}
+           if n.endswith('.py') and not n.startswith('_')}
   assert names == set(BENCHMARKS) | {'digits', 'mnist1d'}
 
 

@@ -1,5 +1,5 @@
-"""Layers import downward only: model <- tasks <- data pipeline <- run/steps <- trainer/evaluator
-<- cli. Read from the source with `ast` (module-level and function-level imports alike), so a
+"""Layers import downward only: model <- tasks <- data pipeline <- run <- evaluator/predict <-
+trainer (each with its command-line main; command_line.py holds what the mains share). Read from the source with `ast` (module-level and function-level imports alike), so a
 late import that dodges a circle still counts as an arrow.
 
 An arrow A -> B means running A's imports runs B. `import a.b.c` and `from a.b import c` also

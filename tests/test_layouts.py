@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from perceiver_jax import sharding as shd
+from perceiver_jax import trainer
 from perceiver_jax.errors import UserError
 from perceiver_jax.model.partitioning import constrain, logical_sharding
 from perceiver_jax.optim import make_optimizer
@@ -76,7 +77,7 @@ def _train(config, mesh, initial):
   `initial` (a host copy of a state) placed as this mesh shards it."""
   run = Run.from_input_shape(config, INPUT_SHAPE, mesh)
   state = jax.device_put(initial, run.state_shardings)  # one initialisation for all layouts
-  train_step = run.train_step()
+  train_step = trainer.make_train_step(run)
   batches = [jax.device_put(b, shd.batch_sharding(mesh)) for b in _batches()]
   compiled = train_step.lower(state, batches[0]).compile()
   losses = []

@@ -9,7 +9,6 @@ import jax
 import numpy as np
 import pytest
 
-from perceiver_jax import steps
 from perceiver_jax import trainer
 from perceiver_jax.data import pipeline
 from tests.helpers import prepared_data_dir, tiny_mnist1d_config
@@ -25,7 +24,7 @@ def data_dir(tmp_path_factory):
 
 def test_loop_dispatches_ahead_of_the_device(data_dir, tmp_path, monkeypatch):
   events = []  # ('fetch', i) when batch i goes to the devices, ('step', i, ready) per step
-  make_train_step = steps.make_train_step
+  make_train_step = trainer.make_train_step
 
   def slow_make_train_step(*args, **kwargs):
     real = make_train_step(*args, **kwargs)
@@ -53,7 +52,7 @@ def test_loop_dispatches_ahead_of_the_device(data_dir, tmp_path, monkeypatch):
     events.append(('fetch', sum(e[0] == 'fetch' for e in events)))
     return to_global(batch, sharding)
 
-  monkeypatch.setattr(steps, 'make_train_step', slow_make_train_step)
+  monkeypatch.setattr(trainer, 'make_train_step', slow_make_train_step)
   monkeypatch.setattr(pipeline, 'to_global', counting_to_global)
   config = tiny_mnist1d_config(**{
       'data.data_dir': data_dir, 'train.num_steps': NUM_STEPS,

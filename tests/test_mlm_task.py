@@ -10,7 +10,7 @@ import pytest
 from flax import nnx
 
 from benchmarks.baselines import masked
-from configs import common, mlm_stdlib
+from configs import mlm_stdlib
 from perceiver_jax import state as state_lib
 from perceiver_jax import tasks
 from perceiver_jax import trainer
@@ -19,7 +19,7 @@ from perceiver_jax.errors import DatasetError, UserError
 from perceiver_jax.metrics_log import read
 from perceiver_jax.tasks.mlm import MlmTask, mlm_metrics, mlm_sums
 from perceiver_jax.tokenizer import NUM_SPECIAL_TOKENS, PAD_ID, VOCAB_SIZE
-from perceiver_jax.run import Run
+from perceiver_jax.run import Run, parse_variant
 from perceiver_jax.validate import validate_config
 from tests.helpers import assert_loss_falls, fixed_batch, run_main, runlocal
 
@@ -163,7 +163,7 @@ def test_configs_validate_and_tie_the_embedding(data_dir):
     model = nnx.eval_shape(lambda: state_lib.build(config, shape))
     assert model.postprocessor.embeddings is model.preprocessor.embeddings
   assert mlm_stdlib.get_config('runlocal,steps=7').train.num_steps == 7
-  assert common.parse_arg('runlocal', runlocal=False).runlocal is True
+  assert parse_variant('runlocal', runlocal=False).runlocal is True
   assert Run.create(runlocal(mlm_stdlib, data_dir)).data_spec.input_shape == (128,)
 
 

@@ -128,8 +128,8 @@ def test_trains_on_an_image_folder_with_train_and_test_folders(tmp_path):
 
 
 def _data_config(**fields):
-  from configs import common
-  return set_dotted(common.get_config(), {f'data.{k}': v for k, v in fields.items()}).data
+  from perceiver_jax.run import default_config
+  return set_dotted(default_config(), {f'data.{k}': v for k, v in fields.items()}).data
 
 
 def _ids(data_config, split):

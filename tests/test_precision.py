@@ -17,7 +17,7 @@ from configs import digits
 from perceiver_jax import checkpoint as ckpt
 from perceiver_jax import precision
 from perceiver_jax import sharding as shd
-from perceiver_jax import steps
+from perceiver_jax import evaluator, trainer
 from perceiver_jax.data import pipeline
 from perceiver_jax.errors import UserError
 from perceiver_jax.model.build import build_model
@@ -92,7 +92,8 @@ class Setup:
     else:
       self.initial = jax.device_put(like.initial.replace(
           loss_scale=precision.make_loss_scale(config)), self.shardings)
-    self.step = run.train_step()
+    self.train_run = run
+    self.step = trainer.make_train_step(run)
 
   def fresh_state(self):
     return copy_tree(self.initial)  # the step donates its input
@@ -107,10 +108,9 @@ class Setup:
     return state, [{k: float(v) for k, v in m.items()} for m in jax.device_get(history)]
 
   def evaluate(self, state):
-    eval_step = steps.make_eval_step(self.spec, self.mesh, self.shardings.params,
-                                     self.shardings.model_state)
+    eval_step = evaluator.make_eval_step(self.train_run)
     eval_batches = pipeline.make_eval_iterator(self.config.data, 'test', global_batch_size=360)
-    return steps.evaluate_split(
+    return evaluator.evaluate_split(
         eval_step, state.params, state.model_state,
         (pipeline.to_global(b, shd.batch_sharding(self.mesh)) for b in eval_batches))
 

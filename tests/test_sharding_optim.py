@@ -7,7 +7,7 @@ import optax
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from configs import common
+from perceiver_jax.run import default_config
 from perceiver_jax import sharding as shd
 from perceiver_jax.errors import UserError
 from perceiver_jax.model.partitioning import logical_to_spec
@@ -29,7 +29,7 @@ def test_mesh_shape_fills_the_rest_and_rejects_mismatches():
 
 def test_logical_rules_map_names_and_replicate_indivisible_dims():
   mesh = shd.make_mesh({'data': 2, 'fsdp': 2, 'tensor': 2})
-  rules = shd.rules_dict(common.get_config().sharding.rules)
+  rules = shd.rules_dict(default_config().sharding.rules)
   assert logical_to_spec(('embed', 'mlp'), (64, 128), mesh, rules) == P('fsdp', 'tensor')
   # 35 input channels do not split over fsdp=2: replicated rather than failing.
   assert logical_to_spec(('input_channels', 'heads'), (35, 64), mesh, rules) == P(None, 'tensor')
@@ -47,7 +47,7 @@ def test_eval_batch_rounds_up_to_the_data_parallel_size():
 
 
 def _opt_config(**kw):
-  config = common.get_config().optimizer
+  config = default_config().optimizer
   config.update(kw)
   return config
 

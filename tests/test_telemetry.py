@@ -174,7 +174,7 @@ def test_train_and_eval_jaxprs_equal_those_of_a_model_without_the_hook(monkeypat
 
   def forward(weights, x, train):
     model = nnx.merge(graphdef, weights)
-    rngs = nnx.Rngs(dropout=jax.random.key(0)) if train else None  # as steps.py calls it
+    rngs = nnx.Rngs(dropout=jax.random.key(0)) if train else None  # as ModelSpec.apply calls it
     return model(x, deterministic=not train, rngs=rngs)
 
   def jaxprs():

@@ -9,7 +9,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from perceiver_jax import checkpoint as ckpt
-from perceiver_jax import finetune
+from perceiver_jax import finetune, trainer
 from perceiver_jax import sharding as shd
 from perceiver_jax.data import pipeline
 from perceiver_jax.metrics_log import read
@@ -25,7 +25,7 @@ def data_dir(tmp_path_factory):
 def _losses(config, mesh, num_steps=5):
   input_shape = pipeline.dataset_info(config.data).input_shape
   run = Run.from_input_shape(config, input_shape, mesh)
-  state, train_step = run.init_state(), run.train_step()
+  state, train_step = run.init_state(), trainer.make_train_step(run)
   batches = pipeline.make_train_iterator(config.data, global_batch_size=config.train.batch_size,
                                          seed=config.seed)
   losses = []

@@ -39,7 +39,7 @@ on the embedded photo_crops dataset (same features as imagenet2012), prepared of
 import math
 import os
 
-from perceiver_jax import tasks
+from perceiver_jax import run, tasks
 
 TRAIN_EXAMPLES = 1_281_167  # TFDS imagenet2012 'train'
 EPOCHS = 110
@@ -48,9 +48,9 @@ BASE_LR = 5e-4  # per 256 examples of batch
 RUNLOCAL_IMAGE_SIZE = 32
 
 
-def parse(arg, common, **extra):
+def parse(arg, **extra):
   """Variants shared by the ImageNet configs, plus `extra` (name=default)."""
-  return common.parse_arg(arg, runlocal=False, batch=0, steps=0, epochs=EPOCHS, **extra)
+  return run.parse_variant(arg, runlocal=False, batch=0, steps=0, epochs=EPOCHS, **extra)
 
 
 def apply_recipe(config, variant):

@@ -52,7 +52,7 @@ Variants (configs/audioset_perceiver.py:modality=audio,runlocal,steps=N):
   steps=N               training steps (default: the recipe's)
 """
 
-from perceiver_jax.configs import common
+from perceiver_jax import run
 from perceiver_jax import tasks
 from perceiver_jax.model.build import modality_config, part
 
@@ -83,8 +83,8 @@ def _video_preprocessor(num_bands, spatial, temporal):
 
 
 def get_config(arg=None):
-  config = common.get_config()
-  variant = common.parse_arg(arg, modality='audio', runlocal=False, steps=0)
+  config = run.default_config()
+  variant = run.parse_variant(arg, modality='audio', runlocal=False, steps=0)
   if variant.modality not in ('audio', 'audio_video'):
     raise ValueError(f"Unknown modality {variant.modality!r}; use 'audio' or 'audio_video'.")
   small = variant.runlocal

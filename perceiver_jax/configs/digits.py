@@ -1,20 +1,20 @@
 """Perceiver on scikit-learn's 8x8 handwritten digits (embedded, prepares offline).
 
 The default experiment: `make train` trains this on a laptop CPU in about a minute.
-  python train.py --config=configs/digits.py --workdir=workdirs/digits
+  python -m perceiver_jax.trainer --config=configs/digits.py --workdir=workdirs/digits
 
 The original Perceiver's iterative form (a cross-attend before every latent block, weights
 shared after the first) with two cross-attend heads over 2x2 patches: on 1437 training
 images it generalises better than one cross-attend with one head.
 """
 
-from perceiver_jax.configs import common
+from perceiver_jax import run
 from perceiver_jax.model.build import part
 
 
 def get_config(arg=None):
-  config = common.get_config()
-  variant = common.parse_arg(arg, steps=800)
+  config = run.default_config()
+  variant = run.parse_variant(arg, steps=800)
 
   config.data.name = 'digits'
   config.data.normalize = (8.0, 8.0)  # raw values are 0..16 -> [-1, 1]

@@ -40,7 +40,7 @@ Variants (configs/flow_autoflow.py:data=kitti2015,batch=64):
   runlocal      the same structure, tiny, on the embedded skimage_flow/tiny: for tests
 """
 
-from perceiver_jax.configs import common
+from perceiver_jax import run
 from perceiver_jax.configs.pretrained import optical_flow_perceiver
 from perceiver_jax import tasks
 
@@ -52,7 +52,7 @@ EPOCHS = 480  # App. H
 
 
 def get_config(arg=None):
-  variant = common.parse_arg(arg, runlocal=False, data='autoflow', batch=512)
+  variant = run.parse_variant(arg, runlocal=False, data='autoflow', batch=512)
   if variant.data not in DATASETS:
     raise ValueError(f'Unknown data={variant.data!r}; use one of {DATASETS}.')
   config = optical_flow_perceiver.get_config()

@@ -18,14 +18,14 @@ Variants (configs/flow_skimage.py:runlocal,steps=N):
   steps=N    training steps (default: the recipe's)
 """
 
-from perceiver_jax.configs import common
+from perceiver_jax import run
 from perceiver_jax.configs.pretrained import optical_flow_perceiver
 from perceiver_jax import tasks
 from perceiver_jax.model.build import part
 
 
 def get_config(arg=None):
-  variant = common.parse_arg(arg, runlocal=False, steps=0)
+  variant = run.parse_variant(arg, runlocal=False, steps=0)
   config = optical_flow_perceiver.get_config()
   del config['convert']  # only convert.py reads it
   config.task = tasks.task_config(

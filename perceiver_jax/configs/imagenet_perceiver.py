@@ -34,13 +34,13 @@ Variants (configs/imagenet_perceiver.py:batch=256,steps=1000):
 """
 
 from perceiver_jax.configs import _imagenet
-from perceiver_jax.configs import common
+from perceiver_jax import run
 from perceiver_jax.model.build import part
 
 
 def get_config(arg=None):
-  variant = _imagenet.parse(arg, common)
-  config = common.get_config()
+  variant = _imagenet.parse(arg)
+  config = run.default_config()
   size = _imagenet.RUNLOCAL_IMAGE_SIZE if variant.runlocal else 224
 
   model = config.model

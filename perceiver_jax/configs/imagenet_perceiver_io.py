@@ -30,7 +30,6 @@ Variants (configs/imagenet_perceiver_io.py:pos=conv,batch=512):
 """
 
 from perceiver_jax.configs import _imagenet
-from perceiver_jax.configs import common
 from perceiver_jax.configs.pretrained import (vision_perceiver_conv, vision_perceiver_fourier,
                                               vision_perceiver_learned)
 
@@ -39,7 +38,7 @@ ARCHITECTURES = {'fourier': vision_perceiver_fourier, 'learned': vision_perceive
 
 
 def get_config(arg=None):
-  variant = _imagenet.parse(arg, common, pos='fourier')
+  variant = _imagenet.parse(arg, pos='fourier')
   if variant.pos not in ARCHITECTURES:
     raise ValueError(f'Unknown imagenet_perceiver_io variant pos={variant.pos!r}; use one '
                      f'of {", ".join(ARCHITECTURES)}.')

@@ -45,7 +45,7 @@ Variants (configs/kinetics_autoencoding.py:runlocal,steps=N):
   steps=N    training steps (default: the recipe's)
 """
 
-from perceiver_jax.configs import common
+from perceiver_jax import run
 from perceiver_jax.configs.pretrained import multimodal_perceiver as released
 from perceiver_jax import tasks
 
@@ -77,8 +77,8 @@ def _shrink(model):
 
 
 def get_config(arg=None):
-  variant = common.parse_arg(arg, runlocal=False, steps=0)
-  config = common.get_config()
+  variant = run.parse_variant(arg, runlocal=False, steps=0)
+  config = run.default_config()
   pretrained = released.get_config()
   config.model = pretrained.model
   config.data.name = 'kinetics_files/synthetic' if variant.runlocal else 'kinetics_files/k700'

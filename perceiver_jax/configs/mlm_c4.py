@@ -45,7 +45,7 @@ Variants (configs/mlm_c4.py:data=wikipedia,steps=N):
   steps=N               training steps (default: the recipe's)
 """
 
-from perceiver_jax.configs import common
+from perceiver_jax import run
 from perceiver_jax.configs.pretrained import language_perceiver
 from perceiver_jax import tasks
 
@@ -71,7 +71,7 @@ def shrink_to_runlocal(config):
 
 
 def get_config(arg=None):
-  variant = common.parse_arg(arg, data='c4', runlocal=False, steps=0)
+  variant = run.parse_variant(arg, data='c4', runlocal=False, steps=0)
   if variant.data not in DATASETS:
     raise ValueError(f'Unknown mlm_c4 data variant {variant.data!r}; use one of '
                      f'{sorted(DATASETS)}.')

@@ -17,15 +17,15 @@ Variants (configs/mlm_stdlib.py:runlocal,steps=N):
   steps=N    training steps (default: the recipe's)
 """
 
-from perceiver_jax.configs import common
+from perceiver_jax import run
 from perceiver_jax.configs.pretrained import language_perceiver
 from perceiver_jax import tasks
 from perceiver_jax.tokenizer import VOCAB_SIZE  # 256 bytes + the special ids
 
 
 def get_config(arg=None):
-  config = common.get_config()
-  variant = common.parse_arg(arg, runlocal=False, steps=0)
+  config = run.default_config()
+  variant = run.parse_variant(arg, runlocal=False, steps=0)
   # Whole-word masking (perceiver_jax/tasks/mlm.py).
   config.task = tasks.task_config(
       'mlm', mask_prob=0.15, mask_token_prob=0.8, random_token_prob=0.1,

@@ -12,13 +12,13 @@ Variants (configs/mnist1d.py:model=raw,data=shuffled):
   steps=N        training steps (default 2000 for conv, 5000 for patches, 3000 for raw)
 """
 
-from perceiver_jax.configs import common
+from perceiver_jax import run
 from perceiver_jax.model.build import part
 
 
 def get_config(arg=None):
-  config = common.get_config()
-  variant = common.parse_arg(arg, model='conv', data='plain', steps=0)
+  config = run.default_config()
+  variant = run.parse_variant(arg, model='conv', data='plain', steps=0)
   if variant.model not in ('conv', 'patches', 'raw'):
     raise ValueError(f'Unknown mnist1d model variant {variant.model!r}; use conv, patches or '
                      'raw.')

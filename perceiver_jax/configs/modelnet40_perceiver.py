@@ -47,7 +47,7 @@ Variants (configs/modelnet40_perceiver.py:synthetic,steps=N):
   steps=N    training steps (default: the recipe's)
 """
 
-from perceiver_jax.configs import common
+from perceiver_jax import run
 from perceiver_jax.model.build import part
 
 PAPER_BANDS = 64
@@ -55,8 +55,8 @@ PAPER_MAX_RESOLUTION = 2240  # top band = 2240 / 2 = 1120 ("max frequency of 112
 
 
 def get_config(arg=None):
-  config = common.get_config()
-  variant = common.parse_arg(arg, runlocal=False, synthetic=False, normals=False, steps=0)
+  config = run.default_config()
+  variant = run.parse_variant(arg, runlocal=False, synthetic=False, normals=False, steps=0)
   if variant.runlocal and variant.normals:
     raise ValueError('The runlocal variant uses synthetic shapes, which have no normals; '
                      'drop `normals`.')

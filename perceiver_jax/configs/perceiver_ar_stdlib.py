@@ -17,14 +17,14 @@ Variants (configs/perceiver_ar_stdlib.py:context=4096,steps=N):
   runlocal     python_stdlib/packed_tiny (513-byte windows), a tiny model, a few steps
 """
 
-from perceiver_jax.configs import common
+from perceiver_jax import run
 from perceiver_jax import tasks
 from perceiver_jax.model.build import perceiver_ar_model_config
 
 
 def get_config(arg=None):
-  config = common.get_config()
-  variant = common.parse_arg(arg, runlocal=False, context=0, latents=0, steps=0,
+  config = run.default_config()
+  variant = run.parse_variant(arg, runlocal=False, context=0, latents=0, steps=0,
                              prefix_dropout=0.0)
   local = variant.runlocal
   context = variant.context or (128 if local else 1024)

@@ -43,7 +43,7 @@ Variants (configs/text_classification.py:data=mnli,steps=N):
   steps=N       training steps (default: 10 epochs)
 """
 
-from perceiver_jax.configs import common
+from perceiver_jax import run
 from perceiver_jax.configs import mlm_c4
 from perceiver_jax import tasks
 from perceiver_jax.model.build import part
@@ -69,7 +69,7 @@ TIED_TABLE = 'preprocessor/embeddings=postprocessor/embeddings'
 
 
 def get_config(arg=None):
-  variant = common.parse_arg(arg, data='sst2', runlocal=False, steps=0, seq_len=0)
+  variant = run.parse_variant(arg, data='sst2', runlocal=False, steps=0, seq_len=0)
   if variant.data not in DATASETS:
     raise ValueError(f'Unknown text_classification data variant {variant.data!r}; use one '
                      f'of {sorted(DATASETS)}.')

@@ -19,9 +19,11 @@ import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import flags
 from flax import nnx
 
 from perceiver_jax import checkpoint as ckpt
+from perceiver_jax import command_line
 from perceiver_jax import validate, workdir_config
 from perceiver_jax.convert.readers import load_checkpoint_file
 from perceiver_jax.convert import released
@@ -142,3 +144,31 @@ def convert_to_checkpoint(config, path: str, workdir: str, fmt: str = 'auto') ->
     summary['released_configs'] = [name for name, _ in matches]
     logging.info(released.describe(config, matches))
   return {'checkpoint': directory, **summary}
+
+# ------------------------------------------------------------------------------------------
+# The command line.
+# ------------------------------------------------------------------------------------------
+
+def _main(argv) -> None:
+  del argv
+  FLAGS = command_line.FLAGS
+  command_line.start()
+  if not FLAGS.input:
+    raise UserError('--input is required: the released checkpoint file to convert.')
+  print(json.dumps(convert_to_checkpoint(FLAGS.config, FLAGS.input, FLAGS.workdir,
+                                         FLAGS.format)))
+
+
+def main() -> None:
+  """python -m perceiver_jax.convert.to_checkpoint (also convert.py, perceiver-convert)."""
+  flags.DEFINE_string('input', None, 'Released weights: HF .safetensors/.bin or DeepMind .pkl.')
+  flags.DEFINE_enum('format', 'auto', ['auto', 'hf', 'haiku'],
+                    'Checkpoint naming: Hugging Face, DeepMind Haiku, or detect from the keys.')
+  command_line.run(
+      _main,
+      'Converts released Perceiver weights into an Orbax checkpoint in WORKDIR.\n\n'
+      'usage: {prog} --config=FILE --input=WEIGHTS --workdir=DIR [--format=auto|hf|haiku]')
+
+
+if __name__ == '__main__':
+  main()

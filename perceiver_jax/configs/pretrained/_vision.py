@@ -1,7 +1,7 @@
 """Shared part of the three ImageNet classifiers released with Perceiver IO
 (DeepMind's imagenet_classification colab; HF deepmind/vision-perceiver-*)."""
 
-from perceiver_jax.configs import common
+from perceiver_jax import run
 from perceiver_jax.model.build import part
 
 IMAGE_SHAPE = (224, 224, 3)
@@ -14,7 +14,7 @@ def imagenet_classifier_config():
   """Everything but the input preprocessor: 512 x 1024 latents, 8 blocks of 6
   self-attends (weights shared across blocks), 8 self-attend heads, 1 cross-attend head,
   widening factor 1, and a one-query classification decoder -> 1000 logits."""
-  config = common.get_config()
+  config = run.default_config()
   config.data.name = 'imagenet2012'
   model = config.model
   model.num_classes = 1000

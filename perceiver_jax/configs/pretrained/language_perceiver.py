@@ -14,7 +14,7 @@ Pass the input mask as input_mask (and, as DeepMind's colab does, as query_mask;
 HF's model ignores it on the decoder side, which only changes the padded positions).
 """
 
-from perceiver_jax.configs import common
+from perceiver_jax import run
 from perceiver_jax.model.build import part
 
 MAX_SEQ_LEN = 2048
@@ -44,7 +44,7 @@ def byte_model(model, *, seq_len: int, d_model: int, d_latents: int, heads: int,
 
 def get_config(arg=None):
   del arg
-  config = common.get_config()
+  config = run.default_config()
   config.data.name = 'c4/en'  # the paper pretrains on English Wikipedia + C4 (mlm_c4.py)
   config.model.num_classes = 262
   byte_model(config.model, seq_len=MAX_SEQ_LEN, d_model=D_MODEL, d_latents=D_LATENTS, heads=8,

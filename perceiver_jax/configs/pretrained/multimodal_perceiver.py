@@ -22,7 +22,7 @@ The full output is 802816 pixels: decode it in chunks with subsampled_output_poi
 the colab does (128 chunks of 6272 pixels and 15 audio patches).
 """
 
-from perceiver_jax.configs import common
+from perceiver_jax import run
 from perceiver_jax.model.build import modality_config, part
 
 NUM_FRAMES = 16
@@ -74,7 +74,7 @@ def modalities():
 
 def get_config(arg=None):
   del arg
-  config = common.get_config()
+  config = run.default_config()
   config.data.name = 'kinetics700'
   model = config.model
   model.num_classes = NUM_CLASSES

@@ -13,7 +13,7 @@ Decoding all 182528 queries at once needs [batch, 182528, 2048] attention weight
 --config.model.decoder.query_chunk_size=N decodes N pixels at a time (same outputs).
 """
 
-from perceiver_jax.configs import common
+from perceiver_jax import run
 from perceiver_jax.model.build import part
 
 TRAIN_SIZE = (368, 496)
@@ -22,7 +22,7 @@ INPUT_SHAPE = (2,) + TRAIN_SIZE + (3,)
 
 def get_config(arg=None):
   del arg
-  config = common.get_config()
+  config = run.default_config()
   config.data.name = 'sintel'
   model = config.model
   model.num_classes = 2
