@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import jax
 import optax
 
@@ -48,6 +50,48 @@ def decay_mask(params):
   return jax.tree.map(lambda p: p.ndim > 1, params)
 
 
+def _path_name(path) -> str:
+  return '/'.join(str(getattr(k, 'key', getattr(k, 'idx', k))) for k in path)
+
+
+def trust_ratio_mask(exclude: str):
+  """params -> True where LAMB scales the update by the trust ratio: every parameter but
+  those whose '/'-joined path fully matches the regex `exclude`."""
+  field = 'config.optimizer.trust_ratio_exclude'
+  try:
+    regex = re.compile(exclude)
+  except re.error as e:
+    raise UserError(f'{field} {exclude!r} is not a regular expression ({e}); give one that '
+                    "matches '/'-joined parameter paths, e.g. 'decoder/logits/.*'.") from None
+
+  def mask(params):
+    adapt = jax.tree_util.tree_map_with_path(
+        lambda path, _: not regex.fullmatch(_path_name(path)), params)
+    if all(jax.tree.leaves(adapt)):
+      raise UserError(f'{field} {exclude!r} matches no parameter path; paths look like '
+                      f"'{_path_name(jax.tree_util.tree_flatten_with_path(params)[0][0][0])}'.")
+    return adapt
+  return mask
+
+
+def lamb(schedule, *, b1, b2, eps, weight_decay, mask, exclude: str = ''
+         ) -> optax.GradientTransformation:
+  """optax.lamb, whose trust ratio leaves out the parameters that fully match `exclude`.
+
+  The trust ratio sizes a step by the parameter's norm. A zero-initialised one (the
+  original Perceiver's head) gets one unscaled first step and can then grow by at most a
+  factor 1 + lr per step: frozen near zero in a short run (docs/results.md, small-model
+  stability). Left out, such a parameter takes AdamW's step.
+  """
+  if not exclude:
+    return optax.lamb(schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, mask=mask)
+  return optax.chain(  # optax.lamb's chain, the trust ratio masked
+      optax.scale_by_adam(b1=b1, b2=b2, eps=eps),
+      optax.add_decayed_weights(weight_decay, mask),
+      optax.masked(optax.scale_by_trust_ratio(), trust_ratio_mask(exclude)),
+      optax.scale_by_learning_rate(schedule))
+
+
 def make_optimizer(opt_config, num_steps: int,
                    ) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """The optimizer chain (clip -> adamw|lamb with masked weight decay) and its LR schedule."""
@@ -58,7 +102,8 @@ def make_optimizer(opt_config, num_steps: int,
   if name == 'adamw':
     opt = optax.adamw(schedule, **kwargs)
   elif name == 'lamb':
-    opt = optax.lamb(schedule, **kwargs)
+    # Not a field of every config: set by those whose models need it (modelnet40).
+    opt = lamb(schedule, exclude=opt_config.get('trust_ratio_exclude', ''), **kwargs)
   else:
     raise UserError(f'Unknown optimizer {name!r} (config.optimizer.name); use one of {OPTIMIZERS}.')
   chain = [opt]

@@ -35,7 +35,10 @@ Optimisation (Sec. 4.3): batch 512, LAMB with a constant learning rate of 1e-3, 
 steps ("models saturated in performance within 50,000 training steps"). Not stated for
 ModelNet40, taken from DeepMind's perceiver/train/experiment.py (ImageNet) as
 configs/pretrained/_vision.py does: weight decay 0.1 (not on biases and norms), LAMB
-eps 1e-6, gradient clipping at global norm 10; no warmup (none is mentioned).
+eps 1e-6, gradient clipping at global norm 10; no warmup (none is mentioned). Ours: LAMB's
+trust ratio leaves out the zero-initialised head (optimizer.trust_ratio_exclude), which it
+would otherwise hold near zero for thousands of steps: small or short runs stalled near
+chance without it (docs/results.md, "Small-model stability").
 
   python train.py --config=configs/modelnet40_perceiver.py --workdir=workdirs/modelnet40
 
@@ -111,5 +114,7 @@ def get_config(arg=None):
   opt.weight_decay = 1e-1
   opt.eps = 1e-6
   opt.clip_norm = 10.0
+  # The head starts at zero (DeepMind's init): it takes AdamW's step, not a trust-ratio one.
+  opt.trust_ratio_exclude = 'decoder/logits/.*'
   config.checkpoint.every_steps = 2 if variant.runlocal else 500 if small else 5000
   return config
