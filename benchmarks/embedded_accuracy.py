@@ -27,6 +27,8 @@ EXPERIMENTS = {
     'mnist1d_patches': ('configs/mnist1d.py:model=patches', []),
     'mnist1d_raw': ('configs/mnist1d.py:model=raw', []),
     'mnist1d_raw_shuffled': ('configs/mnist1d.py:model=raw,data=shuffled', []),
+    'mnist1d_pure': ('configs/mnist1d.py:model=pure', []),
+    'mnist1d_pure_shuffled': ('configs/mnist1d.py:model=pure,data=shuffled', []),
 }
 
 

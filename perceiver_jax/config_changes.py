@@ -42,7 +42,7 @@ EVAL_COMPARED = ('data', 'task', 'model')
 # The split is recorded in the result, and a result on another split never replaces one
 # (evaluator.result_name).
 EVAL_FREE = (*_READING, *_KERNELS, 'data.eval_split', 'data.train_split', 'data.augment',
-             'data.max_shift',
+             'data.max_shift', 'data.scale_range', 'data.noise_std',
              'model.encoder.dropout_prob', 'model.encoder.dropout_attn_prob')
 
 

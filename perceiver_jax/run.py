@@ -108,8 +108,12 @@ def default_config() -> ml_collections.ConfigDict:
       train_split='train',
       eval_split='test',
       normalize=(0.0, 1.0),     # inputs -> (x - mean) / std
-      augment='',               # '' | 'random_shift' (training examples only)
+      # '' | a name of data/transforms.AUGMENTATIONS (random_shift, scale_noise, ...),
+      # applied to training examples only
+      augment='',
       max_shift=1,              # random_shift: largest translation per index axis
+      scale_range=(0.8, 1.2),   # scale_noise: range of each example's amplitude factor
+      noise_std=0.1,            # scale_noise: Gaussian noise added to each value
       # Host reading: threads or worker processes building whole batches ahead (0 = none,
       # read in the training loop's thread), and batches held ready by grain.
       read_threads=0,

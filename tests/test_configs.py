@@ -18,6 +18,8 @@ CASES = [
     (mnist1d, 'model=raw', (40, 1)),
     (mnist1d, 'model=patches', (40, 1)),
     (mnist1d, 'model=raw,data=shuffled', (40, 1)),
+    (mnist1d, 'model=pure', (40, 1)),
+    (mnist1d, 'model=pure,data=shuffled', (40, 1)),
     (mnist1d, 'data=shuffled,steps=10', (40, 1)),
 ]
 
@@ -37,6 +39,9 @@ def test_variants_select_data_and_augmentation():
   assert mnist1d.get_config('data=shuffled').data.augment == ''
   assert mnist1d.get_config().data.augment == 'random_shift'
   assert mnist1d.get_config('model=raw').model.preprocessor.position_encoding.name == 'trainable'
+  pure = mnist1d.get_config('model=pure,data=shuffled')
+  assert pure.model.preprocessor.position_encoding.name == 'fourier'
+  assert pure.data.augment == 'scale_noise'  # permutation-safe, so on for shuffled data too
   assert mnist1d.get_config('steps=7').train.num_steps == 7
   with pytest.raises(ValueError, match='Unknown config variant key'):
     mnist1d.get_config('modle=raw')

@@ -288,6 +288,25 @@ def test_to_global_assembles_sharded_arrays(data_dir):
   np.testing.assert_array_equal(np.asarray(out['label']), batch['label'])
 
 
+def test_scale_noise_scales_each_example_and_is_deterministic():
+  from perceiver_jax.data.transforms import AUGMENTATIONS
+  import ml_collections
+  config = ml_collections.ConfigDict(dict(scale_range=(0.5, 2.0), noise_std=0.0))
+  (op,) = AUGMENTATIONS['scale_noise'](config)
+  x = np.linspace(1.0, 2.0, 40, dtype=np.float32)[:, None]
+  out = op.random_map({'inputs': x}, np.random.default_rng(3))['inputs']
+  again = op.random_map({'inputs': x}, np.random.default_rng(3))['inputs']
+  np.testing.assert_array_equal(out, again)
+  assert out.dtype == np.float32 and out.shape == x.shape
+  ratio = out / x  # without noise: one factor for the whole example, within the range
+  np.testing.assert_allclose(ratio, ratio[0, 0], rtol=1e-6)
+  assert 0.5 <= ratio[0, 0] <= 2.0
+  (noisy,) = AUGMENTATIONS['scale_noise'](ml_collections.ConfigDict(dict(noise_std=0.1)))
+  out = noisy.random_map({'inputs': np.zeros((4000, 1), np.float32)},
+                         np.random.default_rng(0))['inputs']
+  assert abs(out.std() - 0.1) < 0.01  # the default scale leaves zeros at zero
+
+
 def test_random_shift_translates_by_at_most_one_and_is_deterministic():
   from perceiver_jax.data.transforms import RandomShift
   x = np.arange(64, dtype=np.float32).reshape(8, 8, 1)

@@ -84,6 +84,32 @@ class RandomShift(grain.transforms.RandomMap):
     return {**element, 'inputs': padded[window]}
 
 
+@dataclasses.dataclass(frozen=True)
+class RandomScaleNoise(grain.transforms.RandomMap):
+  """Multiplies `inputs` by one factor in [low, high] and adds Gaussian noise of `noise_std`.
+
+  Acts on each value alone, so unlike translation it stays label-preserving under any
+  fixed permutation of the positions (shuffled MNIST-1D).
+  """
+
+  low: float = 0.8
+  high: float = 1.2
+  noise_std: float = 0.1
+
+  def random_map(self, element: Example, rng: np.random.Generator) -> Example:
+    x = element['inputs']
+    scale = rng.uniform(self.low, self.high)
+    noise = rng.normal(0.0, self.noise_std, size=x.shape)
+    return {**element, 'inputs': (x * scale + noise).astype(x.dtype)}
+
+
+def _scale_noise(data_config) -> tuple[grain.transforms.RandomMap, ...]:
+  low, high = getattr(data_config, 'scale_range', None) or (0.8, 1.2)
+  noise_std = getattr(data_config, 'noise_std', None)
+  return (RandomScaleNoise(float(low), float(high),
+                           0.1 if noise_std is None else float(noise_std)),)
+
+
 # Augmentations by config name (`data.augment`): each builds the transforms applied to
 # training examples only, after normalisation, from the data config. Random ones are
 # `grain.transforms.RandomMap`s so they stay deterministic under the seed.
@@ -92,6 +118,9 @@ AUGMENTATIONS: dict[str, Callable[[Any], tuple[grain.transforms.Map, ...]]] = {
     # Translation by up to data.max_shift positions per index axis (default 1).
     'random_shift': lambda data_config: (
         RandomShift(int(getattr(data_config, 'max_shift', 1) or 1)),),
+    # Amplitude scaling by data.scale_range (default (0.8, 1.2)) plus Gaussian noise of
+    # data.noise_std (default 0.1) per value: permutation-safe.
+    'scale_noise': _scale_noise,
     # Point clouds [points, 3 + F] (perceiver_jax/data/point_cloud_augment.py): the Perceiver
     # paper's per-point scaling + unit cube, and PointNet++-style per-object scale + shift.
     'point_cloud': lambda data_config: point_cloud_augment.paper_augment(data_config),
