@@ -77,3 +77,11 @@ def test_trust_ratio_exclude_must_be_a_regex_that_matches():
                                       "'decoder/logits/kernel'"):
     trust_ratio_mask('head/.*')(params)
   assert trust_ratio_mask('decoder/.*')(params) == {'decoder': {'logits': {'kernel': False}}}
+
+
+def test_the_optimizer_state_is_optax_lambs():
+  # So a LAMB checkpoint written without trust_ratio_exclude resumes with it.
+  params = {'decoder': {'logits': {'kernel': jnp.zeros((2, 2))}}, 'w': jnp.ones((2, 2))}
+  kw = dict(b1=0.9, b2=0.999, eps=1e-6, weight_decay=0.1, mask=None)
+  ours = lamb(1e-3, exclude='decoder/.*', **kw).init(params)
+  assert jax.tree.structure(ours) == jax.tree.structure(optax.lamb(1e-3, **kw).init(params))
