@@ -67,7 +67,8 @@ def trust_ratio_mask(exclude: str):
   def mask(params):
     adapt = jax.tree_util.tree_map_with_path(
         lambda path, _: not regex.fullmatch(_path_name(path)), params)
-    if all(jax.tree.leaves(adapt)):
+    leaves = jax.tree.leaves(adapt)
+    if leaves and all(leaves):
       raise UserError(f'{field} {exclude!r} matches no parameter path; paths look like '
                       f"'{_path_name(jax.tree_util.tree_flatten_with_path(params)[0][0][0])}'.")
     return adapt
@@ -85,11 +86,30 @@ def lamb(schedule, *, b1, b2, eps, weight_decay, mask, exclude: str = ''
   """
   if not exclude:
     return optax.lamb(schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, mask=mask)
-  return optax.chain(  # optax.lamb's chain, the trust ratio masked
+  return optax.chain(  # optax.lamb's chain and state, the trust ratio for some parameters
       optax.scale_by_adam(b1=b1, b2=b2, eps=eps),
       optax.add_decayed_weights(weight_decay, mask),
-      optax.masked(optax.scale_by_trust_ratio(), trust_ratio_mask(exclude)),
+      _trust_ratio_where(trust_ratio_mask(exclude)),
       optax.scale_by_learning_rate(schedule))
+
+
+def _trust_ratio_where(mask) -> optax.GradientTransformation:
+  """optax.scale_by_trust_ratio on the parameters where mask(params) is True.
+
+  Not optax.masked: that wraps the state, and LAMB checkpoints written without the mask
+  would no longer restore.
+  """
+  inner = optax.scale_by_trust_ratio()
+
+  def init(params):
+    mask(params)  # a pattern that matches nothing fails here, as the run is set up
+    return inner.init(params)
+
+  def update(updates, state, params=None):
+    scaled, state = inner.update(updates, state, params)
+    return jax.tree.map(lambda adapt, s, u: s if adapt else u, mask(updates), scaled,
+                        updates), state
+  return optax.GradientTransformation(init, update)
 
 
 def make_optimizer(opt_config, num_steps: int,
