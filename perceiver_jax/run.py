@@ -149,6 +149,9 @@ def default_config() -> ml_collections.ConfigDict:
       eps=1e-8,
       weight_decay=1e-4,        # masked: no decay on biases, norms and other 1-D params
       clip_norm=1.0,            # global-norm clipping; 0 disables
+      # lamb: parameters whose '/'-joined path fully matches this regex take AdamW's step,
+      # not a trust-ratio one (a zero-initialised head: docs/results.md, small-model stability)
+      trust_ratio_exclude='',
   ))
 
   config.eval = ml_collections.ConfigDict(dict(
