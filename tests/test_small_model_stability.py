@@ -10,6 +10,7 @@ import optax
 import pytest
 
 from configs import modelnet40_perceiver
+from perceiver_jax import trainer
 from perceiver_jax.data import shape_synthesis
 from perceiver_jax.errors import UserError
 from perceiver_jax.optim import lamb, trust_ratio_mask
@@ -36,7 +37,7 @@ def small_model_losses(num_steps: int, **overrides) -> list[float]:
   set_dotted(config, {'optimizer.schedule': 'cosine', 'optimizer.warmup_steps': 10,
                       'train.num_steps': num_steps, **overrides})
   run = abstract_run(config, (POINTS, 3), training=True)
-  state, train_step = run.init_state(), run.train_step()
+  state, train_step = run.init_state(), trainer.make_train_step(run)
   batch = run.to_global(shape_batch())
   losses = []
   for _ in range(num_steps):
