@@ -96,7 +96,8 @@ def get_config(arg=None):
   model.postprocessor = part('postprocessor', 'none')
 
   # synthetic: 40-67 examples/s on this project's 2-core CPU shared with other jobs (load
-  # ~10): 751 steps took 15 minutes and reached 78.6% test accuracy (8 classes, chance 12.5%).
+  # ~10): 751 steps took 15 minutes and reached 78.6% test accuracy (8 classes, chance 12.5%)
+  # before trust_ratio_exclude; docs/results.md has 300-step runs before and after it.
   config.train.batch_size = 8 if variant.runlocal else 64 if small else 512
   config.train.num_steps = variant.steps or (4 if variant.runlocal else 1000 if small
                                              else 50_000)
