@@ -122,7 +122,7 @@ def make_optimizer(opt_config, num_steps: int,
   if name == 'adamw':
     opt = optax.adamw(schedule, **kwargs)
   elif name == 'lamb':
-    # Not a field of every config: set by those whose models need it (modelnet40).
+    # '' in run.default_config; set by configs whose zero-initialised head needs it.
     opt = lamb(schedule, exclude=opt_config.get('trust_ratio_exclude', ''), **kwargs)
   else:
     raise UserError(f'Unknown optimizer {name!r} (config.optimizer.name); use one of {OPTIMIZERS}.')
