@@ -304,8 +304,11 @@ def own_help(prog: str, usage: str | None = None, shown: tuple[str, ...] | None 
   """The --help text: usage, then every flag defined in perceiver_jax (or only `shown`),
   one line each. absl's own --help lists only flags of the __main__ module: none here."""
   lines = [(usage or 'usage: {prog} [flags]').format(prog=prog), '', 'flags:']
+  package = os.path.dirname(os.path.abspath(__file__))
   for module, module_flags in flag_values.flags_by_module_dict().items():
-    if not module.startswith('perceiver_jax'):
+    # A main run with python -m registers its flags under its file's path, not its name.
+    if not (module.startswith('perceiver_jax')
+            or os.path.abspath(module).startswith(package + os.sep)):
       continue
     for flag in module_flags:
       if shown is None or flag.name in shown:
