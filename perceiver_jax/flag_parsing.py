@@ -31,7 +31,8 @@ from perceiver_jax.moved_flags import MOVED_FLAGS
 
 CONFIG_FLAG = 'config'
 # The experiment configs shipped inside the package (the repository's configs/ links here).
-PACKAGED_CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configs')
+PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+PACKAGED_CONFIGS = os.path.join(PACKAGE_DIR, 'configs')
 # Every table of moved config fields (old path -> new path, below `config.`) an override
 # is checked against, first match wins.
 # old dotted path -> its new path, or a sentence saying where it lives now.
@@ -291,10 +292,9 @@ def _flag_line(flag) -> str:
 def program_name(path: str) -> str:
   """How the program was started: 'train.py', 'perceiver-train', or for a module of the
   package run with -m, 'python -m perceiver_jax.trainer'."""
-  package = os.path.dirname(os.path.abspath(__file__))
   full = os.path.abspath(path)
-  if full.startswith(package + os.sep) and full.endswith('.py'):
-    module = os.path.relpath(full[:-3], os.path.dirname(package)).replace(os.sep, '.')
+  if full.startswith(PACKAGE_DIR + os.sep) and full.endswith('.py'):
+    module = os.path.relpath(full[:-3], os.path.dirname(PACKAGE_DIR)).replace(os.sep, '.')
     return f'python -m {module}'
   return os.path.basename(path)
 
@@ -304,11 +304,10 @@ def own_help(prog: str, usage: str | None = None, shown: tuple[str, ...] | None 
   """The --help text: usage, then every flag defined in perceiver_jax (or only `shown`),
   one line each. absl's own --help lists only flags of the __main__ module: none here."""
   lines = [(usage or 'usage: {prog} [flags]').format(prog=prog), '', 'flags:']
-  package = os.path.dirname(os.path.abspath(__file__))
   for module, module_flags in flag_values.flags_by_module_dict().items():
     # A main run with python -m registers its flags under its file's path, not its name.
     if not (module.startswith('perceiver_jax')
-            or os.path.abspath(module).startswith(package + os.sep)):
+            or os.path.abspath(module).startswith(PACKAGE_DIR + os.sep)):
       continue
     for flag in module_flags:
       if shown is None or flag.name in shown:
