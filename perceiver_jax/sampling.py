@@ -3,9 +3,12 @@
 `Sampler(model).generate(prompt, num_tokens, ...)` appends tokens one at a time. The
 context buffer holds N tokens (the model's max_context, or less) and the latent window M.
 A new token normally costs one `decode_step` against the cache. When the window is full
-it slides by `stride` tokens, and when the buffer is full the context slides by `stride`
-too: both re-encode the context from scratch (the paper's strided sampling), so the cost
-of a token is amortised over `stride` steps and does not grow with the context.
+it slides by `stride` tokens: the self-attends run again over the new window from the
+cross-attend outputs the cache keeps (`slide_window`), a cost that does not depend on the
+context length. When the buffer is full the context slides by `stride` too, and the
+context is re-encoded from scratch (the paper's strided sampling): the latents that stay
+lose the oldest tokens from their view, so their cross-attends change. That cost is
+amortised over `stride` tokens and is paid only once the generation outruns the buffer.
 
 With cached=False every token re-encodes the whole context (same windows, same numbers
 up to rounding): the baseline the cache is measured and tested against.
@@ -72,11 +75,13 @@ def choose(logits: jax.Array, key: jax.Array, options: SamplingOptions) -> jax.A
 class Generation:
   """tokens [batch, prompt + new]; logits [new, batch, vocab] of each sampled token's
   distribution (before the options); windows: for each, the absolute positions where its
-  context and its latent window started; encodes: how many full re-encodes it took."""
+  context and its latent window started; encodes: how many full re-encodes it took;
+  slides: how many windows slid on the cache, without a re-encode."""
   tokens: np.ndarray
   logits: np.ndarray
   windows: list[tuple[int, int]]
   encodes: int
+  slides: int = 0
 
 
 class Sampler:
@@ -117,6 +122,16 @@ class Sampler:
       logits, entries = attend(state, cache, token)
       return logits, write(cache, entries)
     self._step = step
+    # A slide reads neither of the context's key/value buffers: they stay out of the
+    # program (passing them through would copy them) and go back into the cache after.
+    slide = jax.jit(lambda s, cache, start: merged(s).slide_window(cache, start),
+                    donate_argnums=1)
+
+    def slide_window(state, cache, start):
+      small = cache._replace(cross_keys=None, cross_values=None)
+      return slide(state, small, start)._replace(cross_keys=cache.cross_keys,
+                                                 cross_values=cache.cross_values)
+    self._slide_window = slide_window
 
   def generate(self, prompt, num_tokens: int, *, options: SamplingOptions = SamplingOptions(),
                seed: int = 0, cached: bool = True) -> Generation:
@@ -137,7 +152,7 @@ class Sampler:
     window, slots, stride = self.context, self.num_latents, self.stride
     context_start = latent_start = 0  # absolute positions
     length = prompt_length
-    cache, logits_row, encodes, history, windows = None, None, 0, [], []
+    cache, logits_row, encodes, slides, history, windows = None, None, 0, 0, [], []
 
     def encode():
       nonlocal cache, logits_row, encodes
@@ -161,15 +176,18 @@ class Sampler:
       slide_window = length - latent_start > slots
       if slide_context:
         context_start = length - (window - stride) if window > stride else length - 1
-      if slide_context or slide_window or not cached:
-        if slide_context or slide_window:
-          latent_start = max(context_start, length - max(slots - stride, 1))
+      if slide_context or slide_window:
+        latent_start = max(context_start, length - max(slots - stride, 1))
+      if slide_context or not cached:
         encode()
-      else:
-        logits_row, cache = self._step(self._state, cache, token)
+        continue
+      if slide_window:  # the new token is not in the cache yet: slide, then append it
+        cache = self._slide_window(self._state, cache, latent_start - context_start)
+        slides += 1
+      logits_row, cache = self._step(self._state, cache, token)
     logits = (np.stack([np.asarray(l) for l in history]) if history
               else np.zeros((0, batch, 0), np.float32))
-    return Generation(sequence, logits, windows, encodes)
+    return Generation(sequence, logits, windows, encodes, slides)
 
 
 def sample_text(workdir: str, prompt: str, num_tokens: int, *, step: int | None = None,

@@ -95,6 +95,7 @@ def test_cached_generation_equals_recomputing_from_scratch(stride):
   np.testing.assert_array_equal(cached.tokens, uncached.tokens)
   np.testing.assert_allclose(cached.logits, uncached.logits, atol=1e-5, rtol=0)
   assert cached.encodes < uncached.encodes == 46
+  assert cached.slides > 0  # windows slid on the cache, between context slides
   assert cached.windows[-1][0] > 0  # the context slid
   # The steps just before and after each slide, the first and the last.
   slides = [i for i in range(1, 45) if cached.windows[i] != cached.windows[i - 1]]

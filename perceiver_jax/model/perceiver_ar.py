@@ -11,11 +11,13 @@ attention depends on relative positions alone.
 Training drops a random part of the prefix (the N - M positions that are not latents)
 from the cross-attend's keys, as the paper does: it regularises and cuts the cost.
 
-Generation (perceiver_jax/sampling.py) uses `encode` and `decode_step`: the cross-attend's
-keys/values and each self-attend's keys/values are cached in fixed-size buffers, so a new
-token costs one query against the cache, whatever the context length. Causality makes
-the cache exact: a latent's output depends only on the tokens at or before it and on the
-latents before it in the same window.
+Generation (perceiver_jax/sampling.py) uses `encode`, `decode_step` and `slide_window`: the
+cross-attend's keys/values and each self-attend's keys/values are cached in fixed-size
+buffers, so a new token costs one query against the cache. Causality makes the cache
+exact: a latent's output depends only on the tokens at or before it and on the latents
+before it in the same window. The cross-attend's output of a latent depends on the
+context alone, not on the window, so the cache keeps it for every window slot and a
+window that slides recomputes only the self-attends over its M latents, whatever N is.
 """
 
 from __future__ import annotations
@@ -187,6 +189,7 @@ class Cache(NamedTuple):
   # The layouts a step attends in as matrix products, without moving the cache.
   cross_keys: jax.Array  # [batch, heads, head_dim, N]
   cross_values: jax.Array  # [batch, heads, N, head_dim]
+  cross_outputs: jax.Array  # [batch, M, channels]: the cross-attend's output per slot
   self_keys: jax.Array  # [L, batch, heads, head_dim, M]
   self_values: jax.Array  # [L, batch, heads, M, head_dim]
   length: jax.Array  # int32 scalar
@@ -301,20 +304,49 @@ class PerceiverAR(nnx.Module):
     padded = jnp.pad(x, ((0, 0), (0, num_slots), (0, 0)))
     latents = jax.lax.dynamic_slice_in_dim(padded, latent_start, num_slots, axis=1)
     slots = latent_start + positions[:, :num_slots]
-    h = self.cross_attend(latents, slots, cross_keys, cross_values, positions, valid)
+    cross_outputs = self.cross_attend(latents, slots, cross_keys, cross_values, positions,
+                                      valid)
+    logits, self_keys, self_values = self._latent_stack(cross_outputs, slots)
+    cache = Cache(_keys_layout(cross_keys), _values_layout(cross_values), cross_outputs,
+                  self_keys, self_values, jnp.asarray(length, jnp.int32),
+                  jnp.asarray(latent_start, jnp.int32))
+    return logits, cache
+
+  def _latent_stack(self, h: jax.Array, slots: jax.Array
+                    ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The self-attends over a window's cross-attend outputs h [batch, M, C] at buffer
+    slots [batch, M]: the logits [batch, M, vocab] and the stacked self-attend keys and
+    values in the cache's layouts."""
     self_keys, self_values = [], []
     for block in self.self_attends:
       keys, values = block.keys_values(h, slots)
       self_keys.append(_keys_layout(keys))
       self_values.append(_values_layout(values))
       h = block(h, slots, keys, values, slots)
-    heads, head_dim = cross_keys.shape[2:]
-    empty = jnp.zeros((0, batch, heads, head_dim, num_slots), cross_keys.dtype)
-    cache = Cache(_keys_layout(cross_keys), _values_layout(cross_values),
-                  jnp.stack(self_keys) if self_keys else empty,
-                  jnp.stack(self_values) if self_values else jnp.swapaxes(empty, -1, -2),
-                  jnp.asarray(length, jnp.int32), jnp.asarray(latent_start, jnp.int32))
-    return self._logits(h), cache
+    if not self.self_attends:
+      batch, num_slots, channels = h.shape
+      heads = self.cross_attend.num_heads
+      empty = jnp.zeros((0, batch, heads, channels // heads, num_slots), h.dtype)
+      return self._logits(h), empty, jnp.swapaxes(empty, -1, -2)
+    return self._logits(h), jnp.stack(self_keys), jnp.stack(self_values)
+
+  def slide_window(self, cache: Cache, latent_start: jax.Array) -> Cache:
+    """The cache with its latent window moved forward to start at buffer slot
+    `latent_start` (by at most M slots): the kept slots' cross-attend outputs move along,
+    and the self-attends run again over the new window. The cross-attend's keys and values
+    are not read, so the cost does not depend on the context length (the sampler passes
+    the cache without them)."""
+    num_slots = cache.cross_outputs.shape[1]
+    padded = jnp.pad(cache.cross_outputs, ((0, 0), (0, num_slots), (0, 0)))
+    outputs = jax.lax.dynamic_slice_in_dim(padded, latent_start - cache.latent_start,
+                                           num_slots, axis=1)
+    batch = outputs.shape[0]
+    slots = latent_start + jnp.broadcast_to(jnp.arange(num_slots, dtype=jnp.int32),
+                                            (batch, num_slots))
+    _, self_keys, self_values = self._latent_stack(outputs, slots)
+    return cache._replace(cross_outputs=outputs, self_keys=self_keys,
+                          self_values=self_values,
+                          latent_start=jnp.asarray(latent_start, jnp.int32))
 
   def decode_step(self, cache: Cache, token: jax.Array) -> tuple[jax.Array, Cache]:
     """Appends `token` [batch] at buffer slot cache.length (it must lie inside the
@@ -327,8 +359,8 @@ class PerceiverAR(nnx.Module):
 
   def attend_step(self, cache: Cache, token: jax.Array) -> tuple[jax.Array, tuple]:
     """`token`'s next-token logits [batch, vocab] given the cache (read only), and its
-    cache entries: (cross key, cross value, ((key, value) per self-attend)), each
-    [batch, 1, heads, head_dim]."""
+    cache entries: ((cross key, cross value), cross-attend output [batch, 1, channels],
+    ((key, value) per self-attend)), keys and values [batch, 1, heads, head_dim]."""
     batch = token.shape[0]
     buffer = cache.cross_keys.shape[3]
     position = jnp.full((batch, 1), cache.length, jnp.int32)
@@ -338,7 +370,7 @@ class PerceiverAR(nnx.Module):
     # The cache holds the positions before this one; the new one attends to itself apart.
     h = self.cross_attend(x, position, cache.cross_keys, cache.cross_values, positions,
                           positions < cache.length, own=cross)
-    entries = []
+    cross_output, entries = h, []
     if self.self_attends:
       num_slots = cache.self_keys.shape[4]
       slots = cache.latent_start + positions[:, :num_slots]
@@ -347,20 +379,21 @@ class PerceiverAR(nnx.Module):
         entries.append(own)
         h = block(h, position, cache.self_keys[i], cache.self_values[i], slots,
                   slots < cache.length, own=own)
-    return self._logits(h)[:, 0], (cross, tuple(entries))
+    return self._logits(h)[:, 0], (cross, cross_output, tuple(entries))
 
   @staticmethod
   def write_step(cache: Cache, entries: tuple) -> Cache:
     """The cache with attend_step's entries written at slot cache.length."""
     def write(array, entry, at):
       return jax.lax.dynamic_update_slice(array, entry.astype(array.dtype), at)
-    (cross_key, cross_value), own = entries
+    (cross_key, cross_value), cross_output, own = entries
     length, slot = cache.length, cache.length - cache.latent_start
     cross_keys = write(cache.cross_keys, _keys_layout(cross_key), (0, 0, 0, length))
     cross_values = write(cache.cross_values, _values_layout(cross_value), (0, 0, length, 0))
+    cross_outputs = write(cache.cross_outputs, cross_output, (0, slot, 0))
     self_keys, self_values = cache.self_keys, cache.self_values
     for i, (keys, values) in enumerate(own):
       self_keys = write(self_keys, _keys_layout(keys)[None], (i, 0, 0, 0, slot))
       self_values = write(self_values, _values_layout(values)[None], (i, 0, 0, slot, 0))
-    return Cache(cross_keys, cross_values, self_keys, self_values, length + 1,
+    return Cache(cross_keys, cross_values, cross_outputs, self_keys, self_values, length + 1,
                  cache.latent_start)
