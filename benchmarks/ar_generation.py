@@ -5,8 +5,9 @@
 
 A randomly initialised model (generation cost does not depend on the weights) with a prompt
 filling the whole context, so every sampled byte sees the full context. Per context:
-the cached sampler's steady-state cost per byte (decode steps plus the strided re-encodes
-they amortise: the wall time of --tokens bytes after one untimed warm-up of the same call),
+the cached sampler's steady-state cost per byte (decode steps plus the strided window
+slides they amortise: the wall time of --tokens bytes after one untimed warm-up of the same
+call),
 and the uncached baseline's (every byte re-encodes the context; --uncached_tokens bytes).
 Reported: ms per byte, bytes per second, and each cost relative to the smallest context.
 Compilation is excluded (the first call of each path is a warm-up). Nothing is asserted.
