@@ -62,6 +62,13 @@ def host(tree):
   return jax.tree.map(np.asarray, jax.device_get(tree))
 
 
+# Compiled with XLA's default optimisations (tests/conftest.py): the bfloat16 run moves with
+# float32 rounding differences (with jax_disable_most_optimizations it ends at 94.4%
+# accuracy instead of 92.2%, against float32's 91.4%: outside the 3 points allowed), and
+# the convergence comparison was set under the default compilation.
+pytestmark = pytest.mark.usefixtures('xla_default_optimisations')
+
+
 @pytest.fixture(scope='module')
 def data_dir(tmp_path_factory):
   return prepared_data_dir(tmp_path_factory, 'digits')
