@@ -47,9 +47,8 @@ def xla_default_optimisations():
   with pytestmark = pytest.mark.usefixtures('xla_default_optimisations')); a process it
   starts gets them with JAX_DISABLE_MOST_OPTIMIZATIONS=0 in its environment."""
   import jax  # pylint: disable=g-import-not-at-top
-  previous = jax.config.values['jax_disable_most_optimizations']
-  jax.config.update('jax_disable_most_optimizations', False)
-  jax.clear_caches()  # nothing compiled under the other setting is reused
-  yield
-  jax.config.update('jax_disable_most_optimizations', previous)
+  from tests.helpers import xla_default_optimisations as defaults  # pylint: disable=g-import-not-at-top
+  jax.clear_caches()  # nothing compiled under the tests' setting is reused
+  with defaults():
+    yield
   jax.clear_caches()

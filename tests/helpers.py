@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -16,6 +17,21 @@ XLA_TEST_FLAGS = '--xla_cpu_use_fusion_emitters=false'
 def xla_flags(devices: int) -> str:
   """XLA_FLAGS for a process the tests start, with `devices` fake CPU devices."""
   return f'--xla_force_host_platform_device_count={devices} {XLA_TEST_FLAGS}'
+
+
+@contextlib.contextmanager
+def xla_default_optimisations():
+  """Programs compiled inside get XLA's default optimisations instead of the tests'
+  jax_disable_most_optimizations (tests/conftest.py), for results that move with float32
+  rounding. A program this process compiled before is reused as it was (the setting is not
+  part of JAX's cache keys): wrap a program's first call."""
+  import jax  # pylint: disable=g-import-not-at-top
+  previous = jax.config.values['jax_disable_most_optimizations']
+  jax.config.update('jax_disable_most_optimizations', False)
+  try:
+    yield
+  finally:
+    jax.config.update('jax_disable_most_optimizations', previous)
 
 # A small Perceiver on MNIST-1D that compiles and steps in well under a second on CPU.
 TINY = {
