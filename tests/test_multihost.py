@@ -26,7 +26,7 @@ from perceiver_jax.optim import make_schedule
 from perceiver_jax.run import Run
 from tests.helpers import (ROOT, TINY, assert_params_close, complete_steps, flags_for,
                            prepared_data_dir, run_main, tiny_mnist1d_config, train_steps,
-                           truncate_array_files)
+                           truncate_array_files, xla_flags)
 
 NUM_STEPS = 4
 # fsdp spans both processes (devices 0-3 are process 0's), tensor stays inside each. A
@@ -50,7 +50,7 @@ class _Processes:
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(('JAX_COORDINATOR', 'JAX_NUM_PROCESSES', 'JAX_PROCESS_ID',
                                 'JAX_COMPILATION_CACHE_DIR', 'SLURM_', 'OMPI_'))}
-    env.update(XLA_FLAGS='--xla_force_host_platform_device_count=4', JAX_PLATFORMS='cpu')
+    env.update(XLA_FLAGS=xla_flags(4), JAX_PLATFORMS='cpu')
     if cache_dir:  # phase 2 and eval.py reuse phase 1's compilations: less CPU
       env.update(JAX_COMPILATION_CACHE_DIR=cache_dir,
                  JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
