@@ -1,11 +1,17 @@
 """Perceiver on scikit-learn's 8x8 handwritten digits (embedded, prepares offline).
 
-The default experiment: `make train` trains this on a laptop CPU in about a minute.
+The default experiment: `make train` trains and evaluates it on a 2-core CPU.
   python -m perceiver_jax.trainer --config=configs/digits.py --workdir=workdirs/digits
 
-The original Perceiver's iterative form (a cross-attend before every latent block, weights
-shared after the first) with two cross-attend heads over 2x2 patches: on 1437 training
-images it generalises better than one cross-attend with one head.
+Every pixel is one input token: its 3x3 neighbourhood (zeros, after normalisation, beyond
+the border; one
+linear layer to 64 channels) with Fourier features of its position on the 8x8 grid. The
+32 latents cross-attend to those 64 tokens (two heads) before each latent block, the
+original Perceiver's iterative form (cross-attend weights shared after the first). On the
+1437 training images this reaches 99.17% test accuracy in 800 steps (seed 0), where the
+earlier 2x2 patches (16 tokens, no overlap) reached 97.22% and 3x3 windows at stride 2
+(16 tokens) 96.11% (docs/results.md). `configs/digits.py:tokens=patches` is the earlier
+2x2-patch model; `:steps=N` sets the length of the run.
 """
 
 from perceiver_jax import run
@@ -14,15 +20,23 @@ from perceiver_jax.model.build import part
 
 def get_config(arg=None):
   config = run.default_config()
-  variant = run.parse_variant(arg, steps=800)
+  variant = run.parse_variant(arg, steps=800, tokens='pixels')
 
   config.data.name = 'digits'
   config.data.normalize = (8.0, 8.0)  # raw values are 0..16 -> [-1, 1]
 
   model = config.model
   model.num_classes = 10
-  model.preprocessor = part('preprocessor', 'patches', patch_size=(2, 2), num_channels=64,
-                            position_encoding=dict(num_bands=8))  # on the 4x4 patch grid
+  if variant.tokens == 'pixels':  # one token per pixel: its 3x3 neighbourhood, 8x8 grid
+    model.preprocessor = part('preprocessor', 'patches', patch_size=(3, 3),
+                              patch_stride=(1, 1), patch_padding=(1, 1), num_channels=64,
+                              position_encoding=dict(num_bands=8))
+  elif variant.tokens == 'patches':  # the earlier default: 2x2 patches, a 4x4 grid
+    model.preprocessor = part('preprocessor', 'patches', patch_size=(2, 2), num_channels=64,
+                              position_encoding=dict(num_bands=8))
+  else:
+    raise ValueError(f"Unknown digits tokens variant {variant.tokens!r}; valid values are "
+                     f"'pixels' and 'patches'.")
   # The defaults' 32 x 64 latents, 2 blocks of 2 self-attends (4 heads), iterative.
   model.encoder.cross_attend_every_block = True
   model.encoder.num_cross_attend_heads = 2
