@@ -180,14 +180,11 @@ class PatchesPreprocessor(_PositionalPreprocessor):
     self.input_shape = tuple(int(n) for n in input_shape)
     index_dims, channels = self.input_shape[:-1], self.input_shape[-1]
     self.patch_size = self._per_dim('patch_size', patch_size, index_dims)
-    checks.positive_ints('patch_size', self.patch_size)
     checks.at_least_zero(num_channels=num_channels)
     self.patch_stride = self._per_dim('patch_stride', patch_stride or self.patch_size,
                                       index_dims)
-    checks.positive_ints('patch_stride', self.patch_stride)
-    self.patch_padding = self._per_dim('patch_padding', patch_padding or (0,), index_dims)
-    if any(q < 0 for q in self.patch_padding):
-      raise ValueError(f'patch_padding {self.patch_padding} must not be negative.')
+    self.patch_padding = self._per_dim('patch_padding', patch_padding or (0,), index_dims,
+                                       allow_zero=True)
     self.overlapping = (self.patch_stride != self.patch_size or any(self.patch_padding))
     if not self.overlapping:
       if any(n % p for n, p in zip(index_dims, self.patch_size)):
@@ -218,9 +215,15 @@ class PatchesPreprocessor(_PositionalPreprocessor):
     self._init_position(grid, features, position_encoding, combine, rngs, dtype,
                         param_dtype)
 
-  def _per_dim(self, name: str, value, index_dims) -> tuple[int, ...]:
+  def _per_dim(self, name: str, value, index_dims, allow_zero: bool = False
+               ) -> tuple[int, ...]:
     if isinstance(value, int):
       value = (value,)
+    if not allow_zero:
+      checks.positive_ints(name, value)
+    elif (not isinstance(value, (tuple, list)) or not value or not all(
+        isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value)):
+      raise ValueError(f'{name}={value!r} is invalid; use a tuple of ints >= 0, e.g. (1,).')
     value = tuple(int(v) for v in value)
     if len(value) == 1:  # (p,): the same on every index dim
       value = value * len(index_dims)
