@@ -54,7 +54,7 @@ def test_digits_variants():
   pixels = digits.get_config().model.preprocessor
   assert (pixels.patch_size, pixels.patch_stride, pixels.patch_padding) == (
       (3, 3), (1, 1), (1, 1))  # every pixel a token: its 3x3 neighbourhood
-  assert digits.get_config().train.num_steps == 600
+  assert digits.get_config().train.num_steps == 400
   patches = digits.get_config('tokens=patches')  # the earlier default, whole
   assert patches.model.preprocessor.patch_size == (2, 2)
   assert (patches.train.num_steps, patches.optimizer.learning_rate) == (800, 1e-3)

@@ -8,7 +8,7 @@ normalisation) through one linear layer to 64 channels, with Fourier features of
 position on the 8x8 grid. The 32 latents cross-attend to those 64 tokens (two heads)
 before each latent block, the original Perceiver's iterative form (cross-attend weights
 shared after the first); nothing but that linear layer sits before the cross-attends.
-On the 1437 training images this gives 99.17% test accuracy in 600 steps at learning
+On the 1437 training images this gives 99.44% test accuracy in 400 steps at learning
 rate 2e-3 (seed 0), where the earlier 2x2 patches (16 tokens, no overlap) gave 97.22% in
 800 steps and 3x3 windows at stride 2 (16 tokens) 96.11%; docs/results.md lists what
 was tried. `configs/digits.py:tokens=patches` is the earlier default (2x2 patches, learning
@@ -21,7 +21,7 @@ from perceiver_jax.model.build import part
 
 def get_config(arg=None):
   config = run.default_config()
-  # steps=0: the tokens variant's own length (pixels 600, patches 800).
+  # steps=0: the tokens variant's own length (pixels 400, patches 800).
   variant = run.parse_variant(arg, steps=0, tokens='pixels')
 
   config.data.name = 'digits'
@@ -33,7 +33,7 @@ def get_config(arg=None):
     model.preprocessor = part('preprocessor', 'patches', patch_size=(3, 3),
                               patch_stride=(1, 1), patch_padding=(1, 1), num_channels=64,
                               position_encoding=dict(num_bands=8))
-    steps, learning_rate = 600, 2e-3
+    steps, learning_rate = 400, 2e-3
   elif variant.tokens == 'patches':  # the earlier default: 2x2 patches, a 4x4 grid
     model.preprocessor = part('preprocessor', 'patches', patch_size=(2, 2), num_channels=64,
                               position_encoding=dict(num_bands=8))
