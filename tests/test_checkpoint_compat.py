@@ -78,7 +78,10 @@ def test_old_digits_checkpoint_evaluates_as_it_did(tmp_path):
   entry = INDEX['fixtures']['digits']
   overrides = {**INDEX['small'], **INDEX['run'], **entry['overrides'],
                'data.data_dir': str(tmp_path / 'tfds')}
-  helpers.run_main('eval.py', ['--config=configs/digits.py', f'--workdir={workdir}',
+  # The fixture's 2x2-patch model is today's digits variant tokens=patches (index.json).
+  config_flag = f'--config=configs/digits.py:{entry["arg"]}' if entry['arg'] else (
+      '--config=configs/digits.py')
+  helpers.run_main('eval.py', [config_flag, f'--workdir={workdir}',
                                *helpers.flags_for(overrides)])
   with open(os.path.join(workdir, f'eval_{entry["step"]}.json')) as f:
     result = json.load(f)

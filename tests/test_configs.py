@@ -14,6 +14,7 @@ from tests.helpers import ROOT, abstract_run
 
 CASES = [
     (digits, None, (8, 8, 1)),
+    (digits, 'tokens=patches,steps=10', (8, 8, 1)),
     (mnist1d, None, (40, 1)),
     (mnist1d, 'model=raw', (40, 1)),
     (mnist1d, 'model=patches', (40, 1)),
@@ -47,6 +48,19 @@ def test_variants_select_data_and_augmentation():
     mnist1d.get_config('modle=raw')
   with pytest.raises(ValueError, match='Unknown mnist1d model variant'):
     mnist1d.get_config('model=cnn')
+
+
+def test_digits_variants():
+  pixels = digits.get_config().model.preprocessor
+  assert (pixels.patch_size, pixels.patch_stride, pixels.patch_padding) == (
+      (3, 3), (1, 1), (1, 1))  # every pixel a token: its 3x3 neighbourhood
+  assert digits.get_config().train.num_steps == 400
+  patches = digits.get_config('tokens=patches')  # the earlier default, whole
+  assert patches.model.preprocessor.patch_size == (2, 2)
+  assert (patches.train.num_steps, patches.optimizer.learning_rate) == (800, 1e-3)
+  assert digits.get_config('steps=7').train.num_steps == 7
+  with pytest.raises(ValueError, match='Unknown digits tokens variant'):
+    digits.get_config('tokens=conv')
 
 
 def test_parse_arg_types_values_by_default():

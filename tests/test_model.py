@@ -217,6 +217,34 @@ def test_patches_preprocessor_shapes(input_shape, patch_size, num_channels, expe
                                               input_shape[-1])
 
 
+def test_overlapping_windows_match_space_to_depth_and_cover_the_image():
+  x = jnp.arange(8 * 8 * 2, dtype=jnp.float32).reshape(1, 8, 8, 2)
+  np.testing.assert_array_equal(io.extract_windows(x, (2, 2), (2, 2), (0, 0)),
+                                io.space_to_depth(x, (2, 2)))
+  out = io.extract_windows(x, (3, 3), (2, 2), (1, 1))  # 3x3 windows, stride 2, pad 1
+  assert out.shape == (1, 4, 4, 18)
+  # Window (1, 2) starts at row 2 - 1, col 4 - 1 of the unpadded image.
+  np.testing.assert_array_equal(out[0, 1, 2], x[0, 1:4, 3:6].reshape(-1))
+  # Window (0, 0) reaches one row and column into the zero padding.
+  np.testing.assert_array_equal(out[0, 0, 0].reshape(3, 3, 2)[0], 0)
+  np.testing.assert_array_equal(out[0, 0, 0].reshape(3, 3, 2)[1:, 1:],
+                                x[0, 0:2, 0:2])
+
+
+def test_patches_preprocessor_overlapping_grid():
+  with nnx.use_eager_sharding(False):
+    prep = io.PatchesPreprocessor((8, 8, 1), (3, 3), num_channels=16, patch_stride=(2,),
+                                  patch_padding=(1,),
+                                  position_encoding=dict(name='fourier', num_bands=2),
+                                  rngs=nnx.Rngs(params=0))
+    out = prep(random_inputs((2, 8, 8, 1)))
+  assert out.inputs.shape == (2, 16, 16 + 2 * (2 * 2 + 1))
+  for stride, padding in [((4, 4), (1, 1)), ((2, 2), (0, 0)), ((2, 2), (3, 3))]:
+    with pytest.raises(ValueError, match='does not cover'):
+      io.PatchesPreprocessor((8, 8, 1), (3, 3), patch_stride=stride,
+                             patch_padding=padding, rngs=nnx.Rngs(params=0))
+
+
 def test_patches_model_2d_with_add_and_projection():
   cfg = tiny_config()
   cfg.preprocessor = part('preprocessor', 'patches', patch_size=(2, 2), num_channels=8,

@@ -52,6 +52,31 @@ def space_to_depth(x: jax.Array, patch_size: Sequence[int]) -> jax.Array:
   return x.reshape([batch] + grid + [int(np.prod(patch_size)) * channels])
 
 
+def window_grid(index_dims: Sequence[int], window: Sequence[int], stride: Sequence[int],
+                padding: Sequence[int]) -> tuple[int, ...]:
+  """The grid of `window`-sized patches taken every `stride` positions over index dims
+  zero-padded by `padding` on each side (a VALID convolution's output size)."""
+  return tuple((n + 2 * q - k) // s + 1
+               for n, k, s, q in zip(index_dims, window, stride, padding))
+
+
+def extract_windows(x: jax.Array, window: Sequence[int], stride: Sequence[int],
+                    padding: Sequence[int]) -> jax.Array:
+  """[batch, *index_dims, C] -> [batch, *grid, prod(window) * C]: the (possibly
+  overlapping) window at every stride, zero padded by `padding` each side; channels ordered
+  (window offsets..., C) like `space_to_depth`, which this equals when stride == window
+  and padding is 0."""
+  index_dims = x.shape[1:-1]
+  grid = window_grid(index_dims, window, stride, padding)
+  x = jnp.pad(x, [(0, 0)] + [(q, q) for q in padding] + [(0, 0)])
+  pieces = []
+  for offsets in np.ndindex(*window):
+    index = tuple(slice(o, o + s * (g - 1) + 1, s)
+                  for o, s, g in zip(offsets, stride, grid))
+    pieces.append(x[(slice(None),) + index])
+  return jnp.concatenate(pieces, axis=-1)
+
+
 class _PositionalPreprocessor(nnx.Module):
   """Shared logic: flatten the index dims and concat/add position features."""
 
@@ -136,32 +161,51 @@ class GenericPreprocessor(_PositionalPreprocessor):
 class PatchesPreprocessor(_PositionalPreprocessor):
   """Space-to-depth patches, optional linear, then position features on the patch grid.
 
-  [batch, *index_dims, C] -> [batch, prod(index_dims / patch_size), num_channels (+ pos)].
+  [batch, *index_dims, C] -> [batch, prod(grid), num_channels (+ pos)].
   Works for 1-D (audio, sequences) and 2-D (images) windows; `num_channels=0` keeps
-  the raw prod(patch_size) * C patch features.
+  the raw prod(patch_size) * C patch features. By default the windows tile the input
+  (grid = index_dims / patch_size). `patch_stride` (< patch_size: overlapping windows)
+  and `patch_padding` (zeros on each side of every index dim) take a window every
+  stride positions instead, e.g. 3x3 windows at stride 2 with padding 1 on an 8x8 image
+  give a 4x4 grid; every input position must fall in some window. Each takes one entry
+  per index dim, or one for all; () means stride = patch_size and no padding.
   """
   HAIKU_NAMES = {'patches_linear': 'patches_linear'}
 
   def __init__(self, input_shape: Sequence[int], patch_size: int | Sequence[int] = (4,), *,
-               num_channels: int = 0, position_encoding=None, combine: str = 'concat',
-               dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32,
-               rngs: nnx.Rngs):
+               num_channels: int = 0, patch_stride: Sequence[int] = (),
+               patch_padding: Sequence[int] = (), position_encoding=None,
+               combine: str = 'concat', dtype: Dtype = jnp.float32,
+               param_dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
     self.input_shape = tuple(int(n) for n in input_shape)
     index_dims, channels = self.input_shape[:-1], self.input_shape[-1]
-    if isinstance(patch_size, int):
-      patch_size = (patch_size,)
-    checks.positive_ints('patch_size', patch_size)
+    self.patch_size = self._per_dim('patch_size', patch_size, index_dims)
     checks.at_least_zero(num_channels=num_channels)
-    if len(patch_size) == 1:  # (p,): the same window on every index dim
-      patch_size = tuple(patch_size) * len(index_dims)
-    self.patch_size = tuple(int(p) for p in patch_size)
-    if len(self.patch_size) != len(index_dims):
-      raise ValueError(f'patch_size {self.patch_size} needs one window per index dim of '
-                       f'input_shape {self.input_shape} (last entry is channels).')
-    if any(n % p for n, p in zip(index_dims, self.patch_size)):
-      raise ValueError(f'Index dims {index_dims} are not divisible by patch_size '
-                       f'{self.patch_size}; choose windows that tile the input exactly.')
-    grid = tuple(n // p for n, p in zip(index_dims, self.patch_size))
+    self.patch_stride = self._per_dim('patch_stride', patch_stride or self.patch_size,
+                                      index_dims)
+    self.patch_padding = self._per_dim('patch_padding', patch_padding or (0,), index_dims,
+                                       allow_zero=True)
+    self.overlapping = (self.patch_stride != self.patch_size or any(self.patch_padding))
+    if not self.overlapping:
+      if any(n % p for n, p in zip(index_dims, self.patch_size)):
+        raise ValueError(f'Index dims {index_dims} are not divisible by patch_size '
+                         f'{self.patch_size}; choose windows that tile the input exactly '
+                         f'(or set patch_stride / patch_padding).')
+      grid = tuple(n // p for n, p in zip(index_dims, self.patch_size))
+    else:
+      for n, k, s, q in zip(index_dims, self.patch_size, self.patch_stride,
+                            self.patch_padding):
+        g = (n + 2 * q - k) // s + 1
+        # Windows must leave no gap (stride <= window), start no later than the first
+        # input position and reach the last one.
+        if n + 2 * q < k or s > k or q >= k or (g - 1) * s - q + k < n:
+          raise ValueError(
+              f'patch_size {self.patch_size} with patch_stride {self.patch_stride} and '
+              f'patch_padding {self.patch_padding} does not cover index dims {index_dims} '
+              f'(each input position needs to fall in a window; stride <= window, '
+              f'padding < window).')
+      grid = window_grid(index_dims, self.patch_size, self.patch_stride,
+                         self.patch_padding)
     patch_features = int(np.prod(self.patch_size)) * channels
     self.patches_linear = nnx.data(None)
     if num_channels > 0:
@@ -171,11 +215,32 @@ class PatchesPreprocessor(_PositionalPreprocessor):
     self._init_position(grid, features, position_encoding, combine, rngs, dtype,
                         param_dtype)
 
+  def _per_dim(self, name: str, value, index_dims, allow_zero: bool = False
+               ) -> tuple[int, ...]:
+    if isinstance(value, int):
+      value = (value,)
+    if not allow_zero:
+      checks.positive_ints(name, value)
+    elif (not isinstance(value, (tuple, list)) or not value or not all(
+        isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value)):
+      raise ValueError(f'{name}={value!r} is invalid; use a tuple of ints >= 0, e.g. (1,).')
+    value = tuple(int(v) for v in value)
+    if len(value) == 1:  # (p,): the same on every index dim
+      value = value * len(index_dims)
+    if len(value) != len(index_dims):
+      raise ValueError(f'{name} {value} needs one entry per index dim of input_shape '
+                       f'{self.input_shape} (last entry is channels).')
+    return value
+
   def __call__(self, inputs: jax.Array, *, pos: jax.Array | None = None,
                deterministic: bool = True, rngs: nnx.Rngs | None = None
                ) -> PreprocessorOutput:
     self._check_input(inputs, self.input_shape)
-    x = space_to_depth(inputs.astype(self.dtype), self.patch_size)
+    x = inputs.astype(self.dtype)
+    if self.overlapping:
+      x = extract_windows(x, self.patch_size, self.patch_stride, self.patch_padding)
+    else:
+      x = space_to_depth(x, self.patch_size)
     if self.patches_linear is not None:
       x = self.patches_linear(x)
     return self._build_network_inputs(x, pos)
