@@ -193,9 +193,10 @@ class PatchesPreprocessor(_PositionalPreprocessor):
                          f'(or set patch_stride / patch_padding).')
       grid = tuple(n // p for n, p in zip(index_dims, self.patch_size))
     else:
-      for n, k, s, q in zip(index_dims, self.patch_size, self.patch_stride,
-                            self.patch_padding):
-        g = (n + 2 * q - k) // s + 1
+      grid = window_grid(index_dims, self.patch_size, self.patch_stride,
+                         self.patch_padding)
+      for n, k, s, q, g in zip(index_dims, self.patch_size, self.patch_stride,
+                               self.patch_padding, grid):
         # Windows must leave no gap (stride <= window), start no later than the first
         # input position and reach the last one.
         if n + 2 * q < k or s > k or q >= k or (g - 1) * s - q + k < n:
@@ -204,8 +205,6 @@ class PatchesPreprocessor(_PositionalPreprocessor):
               f'patch_padding {self.patch_padding} does not cover index dims {index_dims} '
               f'(each input position needs to fall in a window; stride <= window, '
               f'padding < window).')
-      grid = window_grid(index_dims, self.patch_size, self.patch_stride,
-                         self.patch_padding)
     patch_features = int(np.prod(self.patch_size)) * channels
     self.patches_linear = nnx.data(None)
     if num_channels > 0:
