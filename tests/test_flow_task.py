@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from benchmarks.baselines import mean_flow_oracle_epe
 from configs import flow_autoflow, flow_skimage
@@ -15,6 +16,7 @@ from perceiver_jax import trainer
 from perceiver_jax.data import pipeline
 from perceiver_jax.errors import DatasetError, UserError
 from perceiver_jax.metrics_log import read
+from perceiver_jax.model.decoders import FlowDecoder
 from perceiver_jax.tasks.flow import (CenterFlowCrop, FlowTask, RandomFlowCrop, ToFlowExample,
                                       flow_metrics, flow_sums)
 from perceiver_jax.run import Run
@@ -186,3 +188,16 @@ def test_released_model_runlocal_overfits_a_batch(data_dir, tmp_path):
   final = trainer.train_and_evaluate(config, workdir)
   assert_loss_falls(workdir)
   assert final['num_examples'] == 12 and math.isfinite(final['epe'])
+
+
+def test_flow_head_is_zero_unless_zero_init_head_is_false():
+  """DeepMind's zero head outputs zero flow and passes no gradient below it; a drawn head
+  does both from the first step."""
+  query = jax.random.normal(jax.random.key(0), (1, 6, 6))
+  z = jax.random.normal(jax.random.key(1), (1, 4, 8))
+  for zero, moves in ((True, False), (False, True)):
+    decoder = FlowDecoder(8, 6, (2, 3), zero_init_head=zero, rngs=nnx.Rngs(0))
+    assert decoder(query, z).shape == (1, 2, 3, 2)
+    assert bool(jnp.any(decoder(query, z) != 0)) == moves
+    grad = jax.grad(lambda q: jnp.sum(decoder(q, z)))(query)
+    assert bool(jnp.any(grad != 0)) == moves

@@ -245,21 +245,26 @@ class FlowDecoder(nnx.Module):
                rescale_factor: float = 100.0, num_heads: int = 1,
                qk_channels: int | None = None, v_channels: int | None = None,
                widening_factor: int = 1, use_query_residual: bool = False,
-               query_chunk_size: int | None = None, settings: ModelSettings = DEFAULT,
+               query_chunk_size: int | None = None, zero_init_head: bool = True,
+               settings: ModelSettings = DEFAULT,
                dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32,
                rngs: nnx.Rngs):
     """query_chunk_size: decode this many pixels at a time (0/None = all at once); the
-    released model has 368*496 = 182528 queries."""
+    released model has 368*496 = 182528 queries. zero_init_head: DeepMind's zero output
+    head (True); False draws it like every other decoder head (truncated normal), so
+    gradients reach the layers below it from the first step."""
     self.output_image_shape = tuple(int(n) for n in output_image_shape)
     self.output_num_channels = output_num_channels
     self.rescale_factor = float(rescale_factor)
-    # DeepMind zero-initialises the flow head (output_w_init=jnp.zeros).
+    # DeepMind zero-initialises the flow head (output_w_init=jnp.zeros). A zero head passes
+    # no gradient to the layers below it, so training starts at a saddle (zero flow).
     self.decoder = BasicDecoder(
         num_z_channels, output_num_channels, position_encoding=None,
         output_index_dims=self.output_image_shape, num_query_channels=num_query_channels,
         qk_channels=qk_channels, v_channels=v_channels, num_heads=num_heads,
         widening_factor=widening_factor, use_query_residual=use_query_residual,
-        output_w_init=nnx.initializers.zeros_init(), query_chunk_size=query_chunk_size,
+        output_w_init=nnx.initializers.zeros_init() if zero_init_head else None,
+        query_chunk_size=query_chunk_size,
         settings=settings, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
   def decoder_query(self, inputs: jax.Array, modality_sizes=None, inputs_without_pos=None,

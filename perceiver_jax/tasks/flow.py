@@ -5,7 +5,10 @@ float32 [H, W, 2] (forward flow frame 1 -> 2 in pixels, channels dx, dy) and 'va
 [H, W] (e.g. the embedded skimage_flow, or flow_files for Sintel / KITTI / AutoFlow files).
 H and W may vary per example: training takes a random crop of task.crop_size (and, with
 task.flip, mirrors it left-right, negating dx), evaluation the centre crop; crop_size
-() keeps the stored size (all examples must then share it).
+() keeps the stored size (all examples must then share it). With task.curriculum_start < 1
+and task.curriculum_examples > 0, training example n first has its flow scaled by a factor
+rising linearly from curriculum_start to 1 over curriculum_examples examples, frame 1
+re-warped from frame 2 (data/flow_curriculum.py): small displacements first.
 
 Examples: inputs float32 [2, h, w, 3] (frames scaled to [-1, 1], as the released model's
 colab normalises them), flow float32 [h, w, 2], valid float32 [h, w]. The model (an image
@@ -28,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from perceiver_jax.data import flow_curriculum
 from perceiver_jax.errors import DatasetError, UserError
 from perceiver_jax.tasks.base import Task, check_shape
 
@@ -163,12 +167,17 @@ class FlowTask(Task):
   the stored size (a tuple, not None, so --config.task.crop_size='(368, 496)' can set it)."""
 
   name = 'flow'
-  training_only = ('flip',)
+  training_only = ('flip', 'curriculum_start', 'curriculum_examples')
 
   def __init__(self, crop_size: tuple[int, int] | int = (), flip: bool = False,
-               flow_loss: str = 'epe', valid_only: bool = True):
+               flow_loss: str = 'epe', valid_only: bool = True,
+               curriculum_start: float = 1.0, curriculum_examples: int = 0):
+    """curriculum_start, curriculum_examples: the displacement curriculum (module
+    docstring); 1.0 or 0 turns it off (the default)."""
     self.crop_size = crop_size
     self.flip = bool(flip)
+    self.curriculum_start = curriculum_start
+    self.curriculum_examples = curriculum_examples
     self.flow_loss = flow_loss
     self.valid_only = bool(valid_only)
 
@@ -176,6 +185,7 @@ class FlowTask(Task):
     if self.flow_loss not in FLOW_LOSSES:
       raise UserError(f'config.task.flow_loss={self.flow_loss!r} is unknown; use one of '
                       f'{", ".join(repr(x) for x in FLOW_LOSSES)}.')
+    flow_curriculum.check_curriculum(self.curriculum_start, self.curriculum_examples)
     size = self.crop_size
     if size and not (isinstance(size, int) and size > 0 or (
         isinstance(size, (tuple, list)) and len(size) == 2
@@ -212,7 +222,12 @@ class FlowTask(Task):
     return 2  # flow channels (dx, dy)
 
   def train_transforms(self, data_config):
-    return (RandomFlowCrop(_size(self.crop_size), self.flip), ToFlowExample())
+    crop = (RandomFlowCrop(_size(self.crop_size), self.flip), ToFlowExample())
+    if self.curriculum_start >= 1.0 or self.curriculum_examples <= 0:
+      return crop
+    # Before the crop: the whole stored frame 2 is there to warp from.
+    return (flow_curriculum.FlowMagnitudeCurriculum(
+        float(self.curriculum_start), int(self.curriculum_examples)), *crop)
 
   def eval_transforms(self, data_config):
     return (CenterFlowCrop(_size(self.crop_size)), ToFlowExample())
