@@ -11,6 +11,7 @@ from perceiver_jax import tasks
 from perceiver_jax.data import pipeline
 from perceiver_jax.errors import UserError
 from perceiver_jax.tasks.classification import ClassificationTask
+from perceiver_jax.tasks.text_classification import TextClassificationTask
 
 
 def test_mixup_mixes_whole_examples_and_their_labels_alike():
@@ -58,6 +59,8 @@ def test_mixup_alpha_is_checked_and_reaches_the_task():
     ClassificationTask(mixup_alpha=-1, num_classes=10).check_config(config)
   with pytest.raises(UserError, match='needs config.model.num_classes'):
     ClassificationTask(mixup_alpha=0.2).check_config(config)
+  with pytest.raises(UserError, match='cannot mix byte tokens'):
+    TextClassificationTask(mixup_alpha=0.2, num_classes=3).check_config(config)
 
 
 def test_mixup_batches_from_the_mnist1d_pipeline(tmp_path):
