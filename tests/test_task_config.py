@@ -42,7 +42,8 @@ def test_task_config_holds_every_setting_of_its_task():
     assert set(section.keys()) == {'name', *cls.settings()}, name
     assert section.name == name and None not in section.values(), name  # all overridable
   assert dict(tasks.task_config('classification')) == {'name': 'classification',
-                                                       'label_smoothing': 0.0}
+                                                       'label_smoothing': 0.0,
+                                                       'mixup_alpha': 0.0}
   # Model-derived arguments come from config.model, not the section.
   assert 'num_classes' not in tasks.task_config('image_classification')
   assert tasks.task_config('mlm', mask_prob=0.3).mask_prob == 0.3

@@ -7,26 +7,29 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from perceiver_jax.data import transforms
+from perceiver_jax.data import image_augment, transforms
 from perceiver_jax.errors import DatasetError, UserError
 from perceiver_jax.tasks.base import CLASS_LABEL, Task, check_shape
 
 
 def classification_loss(logits: jax.Array, labels: jax.Array, mask: jax.Array | None = None,
-                        label_smoothing: float = 0.0) -> tuple[jax.Array, dict[str, jax.Array]]:
+                        label_smoothing: float = 0.0, targets: jax.Array | None = None
+                        ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Mean softmax cross-entropy over real examples, plus summed metrics.
 
   Args:
     logits: [batch, num_classes].
-    labels: [batch] int.
+    labels: [batch] int (accuracy; also the loss's one-hot targets unless `targets`).
     mask: [batch] float, 1 for real examples and 0 for padding (eval), or None.
+    targets: [batch, num_classes] label distributions (MixUp's mixed one-hots), or None.
   Returns:
     (mean loss, sums) where sums holds 'loss', 'correct' and 'count' totals so that
     metrics over many batches (and devices) are exact: total / count.
   """
   num_classes = logits.shape[-1]
   logits = logits.astype(jnp.float32)
-  targets = jax.nn.one_hot(labels, num_classes)
+  if targets is None:
+    targets = jax.nn.one_hot(labels, num_classes)
   if label_smoothing:
     targets = optax.smooth_labels(targets, label_smoothing)
   per_example = optax.softmax_cross_entropy(logits, targets)
@@ -60,14 +63,21 @@ def _normalize(data_config) -> transforms.Normalize:
 class ClassificationTask(Task):
   """A dataset's (inputs, label) supervised_keys -> {'inputs' float32 [*shape], 'label'
   int32 []}; normalised by data.normalize, augmented by data.augment (training only);
-  label_smoothing (config.task.label_smoothing) smooths the training loss only."""
+  label_smoothing (config.task.label_smoothing) smooths the training loss only.
+
+  mixup_alpha (config.task.mixup_alpha, 0 = off) mixes each training batch's inputs
+  pairwise with weights ~ Beta(alpha, alpha) and trains on the mixed one-hot labels
+  ('soft_label' [batch, num_classes]); it mixes whole examples, so it needs no notion of
+  position (it stays label-preserving under a fixed permutation of the inputs)."""
 
   name = 'classification'
   model_args = ('num_classes',)
-  training_only = ('label_smoothing',)
+  training_only = ('label_smoothing', 'mixup_alpha')
 
-  def __init__(self, label_smoothing: float = 0.0, num_classes: int | None = None):
+  def __init__(self, label_smoothing: float = 0.0, mixup_alpha: float = 0.0,
+               num_classes: int | None = None):
     self.label_smoothing = label_smoothing  # training loss only; check_config checks it
+    self.mixup_alpha = mixup_alpha
     self.model_classes = num_classes  # the model's logits (None: not checked)
 
   @classmethod
@@ -76,6 +86,13 @@ class ClassificationTask(Task):
 
   def check_config(self, config) -> None:
     check_label_smoothing(self.label_smoothing)
+    alpha = self.mixup_alpha
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or alpha < 0:
+      raise UserError(f'config.task.mixup_alpha={alpha!r} is out of range; use a number >= 0, '
+                      'e.g. 0.2 (0 disables MixUp).')
+    if alpha and self.model_classes is None:
+      raise UserError('config.task.mixup_alpha needs config.model.num_classes (the width of '
+                      'the mixed one-hot labels).')
 
   # -- data -----------------------------------------------------------------------------------
   def _keys(self, builder) -> tuple[str, str]:
@@ -123,15 +140,22 @@ class ClassificationTask(Task):
           f"use one of {sorted(transforms.AUGMENTATIONS)}.")
     return tuple(transforms.AUGMENTATIONS[augment](data_config))
 
+  def batch_transforms(self, data_config):
+    if not self.mixup_alpha:
+      return ()
+    return (image_augment.MixUpCutMix(self.model_classes, float(self.mixup_alpha), None),)
+
   def padding_example(self, example):
     return {'inputs': np.zeros_like(example['inputs']), 'label': np.int32(0),
             'mask': np.float32(0.0)}
 
   # -- loss -------------------------------------------------------------------------------------
   def loss_sums(self, outputs, batch, *, train):
-    """outputs: logits [batch, num_classes]; batch['label'] [batch]."""
+    """outputs: logits [batch, num_classes]; batch['label'] [batch] and, after MixUp,
+    'soft_label' [batch, num_classes]."""
     _, sums = classification_loss(outputs, batch['label'], batch.get('mask'),
-                                  label_smoothing=self.label_smoothing if train else 0.0)
+                                  label_smoothing=self.label_smoothing if train else 0.0,
+                                  targets=batch.get('soft_label') if train else None)
     return sums
 
   def normaliser(self, batch):

@@ -51,9 +51,12 @@ class TextClassificationTask(ClassificationTask):
   input_dtype = np.int32
 
   def __init__(self, seq_len: int = 2048, text_keys: tuple[str, ...] = (),
-               label_key: str = '', label_smoothing: float = 0.0,
+               label_key: str = '', label_smoothing: float = 0.0, mixup_alpha: float = 0.0,
                num_classes: int | None = None):
-    super().__init__(label_smoothing=label_smoothing, num_classes=num_classes)
+    # mixup_alpha only so that a classification section carries over; byte tokens do not
+    # mix, so check_config refuses any value but 0.
+    super().__init__(label_smoothing=label_smoothing, mixup_alpha=mixup_alpha,
+                     num_classes=num_classes)
     self.seq_len = int(seq_len)
     if isinstance(text_keys, str):
       text_keys = (text_keys,)
@@ -63,6 +66,9 @@ class TextClassificationTask(ClassificationTask):
 
   def check_config(self, config) -> None:
     super().check_config(config)
+    if self.mixup_alpha:
+      raise UserError(f'config.task.mixup_alpha={self.mixup_alpha!r}: MixUp cannot mix byte '
+                      'tokens; set it to 0 for text classification.')
     if self.seq_len < 1:
       raise UserError(f'config.task.seq_len={self.seq_len!r} must be a positive number of '
                       'bytes per example, e.g. 2048.')
