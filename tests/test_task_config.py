@@ -130,10 +130,11 @@ def test_a_config_file_that_sets_a_moved_field_is_refused():
 
 def test_moved_flags_table_is_every_task_setting():
   settings = {k for cls in tasks.TASKS.values() for k in cls.settings()}
-  # Every setting but label_smoothing (from config.train) and causal_lm's context (a task
-  # added after the move) was a config.data field.
+  # Every setting was a config.data field but label_smoothing (from config.train) and those
+  # added after the move: causal_lm's context and the flow task's displacement curriculum.
+  added_later = {'label_smoothing', 'context', 'curriculum_start', 'curriculum_examples'}
   assert {k for k in MOVED_FLAGS if k.startswith('data.')} == {
-      f'data.{k}' for k in settings - {'label_smoothing', 'context'}}
+      f'data.{k}' for k in settings - added_later}
   assert MOVED_FLAGS['train.label_smoothing'] == 'task.label_smoothing'
   assert MOVED_FLAGS['task'] == 'task.name'
   assert all(new.split('.', 1)[1] in settings | {'name'} for new in MOVED_FLAGS.values())
