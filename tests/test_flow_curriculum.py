@@ -5,8 +5,8 @@ import pytest
 
 from configs import flow_skimage
 from perceiver_jax.data import flow_synthesis, pipeline
-from perceiver_jax.data.flow_curriculum import (FlowMagnitudeCurriculum, curriculum_scale,
-                                                rescale_pair)
+from perceiver_jax.data.flow_curriculum import (FlowMagnitudeCurriculum, check_curriculum,
+                                                curriculum_scale)
 from perceiver_jax.errors import UserError
 from perceiver_jax.tasks.flow import FlowTask, RandomFlowCrop
 from perceiver_jax.validate import validate_config
@@ -82,3 +82,13 @@ def test_bad_curriculum_is_one_sentence(tmp_path):
     validate_config(runlocal(flow_skimage, str(tmp_path), **{'task.curriculum_start': 0.0}))
   with pytest.raises(UserError, match=r'config.task.curriculum_examples=-1 is negative'):
     validate_config(runlocal(flow_skimage, str(tmp_path), **{'task.curriculum_examples': -1}))
+
+
+def test_curriculum_of_the_wrong_type_is_one_sentence():
+  # A config file can hold anything; each wrong type is a sentence, not a TypeError.
+  with pytest.raises(UserError, match=r'curriculum_start=None is not a flow scale'):
+    check_curriculum(None, 0)
+  with pytest.raises(UserError, match=r"curriculum_examples='many' is not a count"):
+    check_curriculum(0.5, 'many')
+  with pytest.raises(UserError, match=r'curriculum_examples=2.5 is not a count'):
+    check_curriculum(0.5, 2.5)

@@ -38,10 +38,14 @@ def curriculum_scale(index: int, start: float, ramp_examples: int) -> float:
 
 def check_curriculum(start: float, ramp_examples: int) -> None:
   """One clear sentence for a curriculum that cannot work."""
-  if not 0.0 < float(start) <= 1.0:
+  if isinstance(start, bool) or not isinstance(start, (int, float)) or not 0.0 < start <= 1.0:
     raise UserError(f'config.task.curriculum_start={start!r} is not a flow scale; use a '
                     'number in (0, 1] (1 turns the curriculum off).')
-  if int(ramp_examples) < 0:
+  if isinstance(ramp_examples, bool) or not isinstance(ramp_examples, int):
+    raise UserError(f'config.task.curriculum_examples={ramp_examples!r} is not a count; use '
+                    'an integer >= 0, the number of training examples over which the flow '
+                    'scale reaches 1 (0 turns the curriculum off).')
+  if ramp_examples < 0:
     raise UserError(f'config.task.curriculum_examples={ramp_examples!r} is negative; use '
                     'the number of training examples over which the flow scale reaches 1 '
                     '(0 turns the curriculum off).')

@@ -319,7 +319,7 @@ class CenterCropResize(grain.transforms.Map):
 class MixUpCutMix(grain.transforms.RandomMap):
   """`mixup_cutmix` on a BATCHED element: runs after batching and normalisation.
 
-  In: `inputs` float [batch, h, w, c], `label` int [batch]. Out: mixed `inputs`,
+  In: `inputs` float [batch, h, w, c] ([batch, ...] with MixUp alone), `label` int [batch]. Out: mixed `inputs`,
   `label` unchanged (each example's own class, for accuracy), `soft_label` float32
   [batch, num_classes] (the mixed one-hot labels; smoothing can follow, it commutes).
   """
