@@ -177,18 +177,21 @@ def state_path(manager: ocp.CheckpointManager, step: int) -> str:
 def restore_weights(path: str, abstract_params, abstract_model_state):
   """Restores params and model state alone (no optimizer) from a `state` item at `path`.
 
-  Used by evaluation and by `init_from`: the checkpoint may be a training checkpoint
-  (optimizer state is skipped, not read) or a converted one holding weights only.
+  Used by evaluation, prediction, export and `init_from`: the checkpoint may be a training
+  checkpoint (optimizer state is skipped, not read) or a converted one holding weights
+  only. A run trained with optimizer.ema_decay > 0 saved a moving average of its params
+  (`ema_params`); those are the weights read here, as the run's own evaluations used them.
   Targets are ShapeDtypeStructs with shardings; each array lands where they say.
   """
-  target = {'params': abstract_params}
+  weights = 'ema_params' if saved_shapes(path, 'ema_params') else 'params'
+  target = {weights: abstract_params}
   if jax.tree.leaves(abstract_model_state):
     target['model_state'] = abstract_model_state
   restore_args = ocp.checkpoint_utils.construct_restore_args(target)
   with ocp.PyTreeCheckpointer() as checkpointer, damaged_is_user_error(path):
     restored = checkpointer.restore(path, args=ocp.args.PyTreeRestore(
         item=target, restore_args=restore_args, partial_restore=True))
-  return restored['params'], restored.get('model_state', abstract_model_state)
+  return restored[weights], restored.get('model_state', abstract_model_state)
 
 
 def find_checkpoint(path: str) -> tuple[str, int]:

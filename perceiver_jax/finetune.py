@@ -12,6 +12,7 @@ import logging
 import re
 
 import jax
+import jax.numpy as jnp
 
 from perceiver_jax import checkpoint as ckpt
 from perceiver_jax.errors import UserError
@@ -80,7 +81,9 @@ def init_from_checkpoint(state, shardings, path: str, exclude: str = '', rename=
     kept = len(jax.tree.leaves(params))
     logging.info('Initialised %d parameter arrays from %s (step %d)%s.', kept, item_path,
                  step, f'; kept fresh: /{exclude}/' if exclude else '')
-  return state.replace(params=new_params, model_state=new_model_state)
+  # A run that keeps a moving average starts it at the loaded weights.
+  ema_params = None if state.ema_params is None else jax.tree.map(jnp.copy, new_params)
+  return state.replace(params=new_params, model_state=new_model_state, ema_params=ema_params)
 
 
 def _path_keys(path) -> list:

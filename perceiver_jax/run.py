@@ -152,6 +152,9 @@ def default_config() -> ml_collections.ConfigDict:
       # lamb: parameters whose '/'-joined path fully matches this regex take AdamW's step,
       # not a trust-ratio one (a zero-initialised head: docs/results.md, small-model stability)
       trust_ratio_exclude='',
+      # > 0: keep an exponential moving average of the weights with this decay (e.g. 0.999)
+      # and evaluate, predict and export with it (perceiver_jax/averaging.py); 0 = off.
+      ema_decay=0.0,
   ))
 
   config.eval = ml_collections.ConfigDict(dict(
@@ -281,7 +284,10 @@ class Run:
       shardings = TrainState(step=rep, params=params_shardings,
                              model_state=model_state_shardings, opt_state=opt_shardings,
                              rng=rep, loss_scale=jax.tree.map(lambda _: rep,
-                                                              abstract.loss_scale))
+                                                              abstract.loss_scale),
+                             # The moving average is laid out as the params it follows.
+                             ema_params=(None if abstract.ema_params is None
+                                         else params_shardings))
       training_fields = dict(tx=tx, schedule=schedule, abstract_train_state=abstract,
                              state_shardings=shardings)
     return cls(config=config, mesh=mesh, task=task or tasks.get_task(config),

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from perceiver_jax import precision
+from perceiver_jax import averaging, precision
 from perceiver_jax.model.build import build_model
 
 
@@ -29,6 +29,13 @@ class TrainState:
   opt_state: Any
   rng: jax.Array           # uint32 key data; per-step keys are fold_in(rng, step)
   loss_scale: Any = None   # precision.LossScale when computing in float16, else None
+  # optimizer.ema_decay > 0: an exponential moving average of params, the weights that
+  # evaluation, prediction and export use (averaging.py); else None.
+  ema_params: Any = None
+
+  def eval_params(self):
+    """The weights to evaluate: the moving average when the run keeps one."""
+    return self.params if self.ema_params is None else self.ema_params
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,7 +69,8 @@ def make_init(config, input_shape, tx: optax.GradientTransformation):
     params, rest = nnx.to_pure_dict(params), nnx.to_pure_dict(rest)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=rest,
                       opt_state=tx.init(params), rng=jax.random.key_data(rng),
-                      loss_scale=precision.make_loss_scale(config))
+                      loss_scale=precision.make_loss_scale(config),
+                      ema_params=averaging.start(config, params))
   return init
 
 
@@ -74,7 +82,8 @@ def abstract_train_state(config, abstract_params, abstract_model_state,
       step=jax.ShapeDtypeStruct((), jnp.int32), params=abstract_params,
       model_state=abstract_model_state, opt_state=jax.eval_shape(tx.init, abstract_params),
       rng=jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0))),
-      loss_scale=jax.eval_shape(lambda: precision.make_loss_scale(config)))
+      loss_scale=jax.eval_shape(lambda: precision.make_loss_scale(config)),
+      ema_params=averaging.start(config, abstract_params))
 
 
 def with_shardings(abstract, shardings):

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from perceiver_jax import averaging
 from perceiver_jax import checkpoint as ckpt
 from perceiver_jax import command_line
 from perceiver_jax import config_changes, evaluator, finetune, nonfinite, precision
@@ -104,9 +105,10 @@ def _train_and_evaluate(config, workdir: str, cleanup: contextlib.ExitStack) -> 
   telemetry = Telemetry.create(run, workdir, log)  # None: off
 
   def run_eval(step: int) -> dict:
-    metrics = evaluator.evaluate_split(eval_step, state.params, state.model_state,
+    params = state.eval_params()  # the moving average when optimizer.ema_decay > 0
+    metrics = evaluator.evaluate_split(eval_step, params, state.model_state,
                                        run.eval_batches(), task)
-    scalars = telemetry.run(step, state.params, state.model_state) if telemetry else {}
+    scalars = telemetry.run(step, params, state.model_state) if telemetry else {}
     log.write(step, 'eval', {**metrics, **scalars})
     if jax.process_index() == 0:
       logging.info('eval at step %d: %s', step, format_metrics(metrics))
@@ -275,17 +277,19 @@ def make_train_step(run: Run):
     # Read by the loop (perceiver_jax/nonfinite.py): a non-finite step stops the run or is skipped.
     finite = precision.all_finite(grads) & jnp.isfinite(metrics['loss'])
     metrics['finite'] = finite
+    ema_params = averaging.update(config, state.ema_params, params, state.step)
     if loss_scale is not None or skip_nonfinite:
       # A non-finite step is skipped: the old params/optimizer state stay (float16: the scale halves).
-      params, opt_state, model_state = precision.select_tree(
-          finite, (params, opt_state, model_state),
-          (state.params, state.opt_state, state.model_state))
+      params, opt_state, model_state, ema_params = precision.select_tree(
+          finite, (params, opt_state, model_state, ema_params),
+          (state.params, state.opt_state, state.model_state, state.ema_params))
       metrics['skipped'] = (~finite).astype(jnp.float32)
     if loss_scale is not None:
       loss_scale = loss_scale.adjust(finite)
       metrics['loss_scale'] = loss_scale.scale
     new_state = state.replace(step=state.step + 1, params=params, model_state=model_state,
-                              opt_state=opt_state, loss_scale=loss_scale)
+                              opt_state=opt_state, loss_scale=loss_scale,
+                              ema_params=ema_params)
     return new_state, metrics
 
   batch_sharding = shd.batch_sharding(mesh)

@@ -130,6 +130,8 @@ def _check_training(config) -> None:
   _in_range(config, 'optimizer.eps', 0.0, 1.0, low_open=True)
   _in_range(config, 'optimizer.weight_decay', 0.0, math.inf)
   _in_range(config, 'optimizer.clip_norm', 0.0, math.inf)
+  if 'ema_decay' in opt:
+    _in_range(config, 'optimizer.ema_decay', 0.0, 1.0)
   _positive(config.checkpoint.every_steps, 'checkpoint.every_steps')
   _positive(config.checkpoint.keep, 'checkpoint.keep')
 

@@ -50,18 +50,20 @@ def test_sharded_run_matches_single_device(data_dir):
   assert any('fsdp' in jax.tree.leaves(tuple(s)) for s in specs)
 
 
-def _restore_params(workdir, step):
+def _restore_state(workdir, step):
   manager = ocp.CheckpointManager(ckpt.checkpoint_dir(workdir))
   restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-  return restored['state']['params']
+  return restored['state']
 
 
 @pytest.fixture(scope='module')
 def straight_run(data_dir, tmp_path_factory):
-  """6 steps straight through on a data=4 x fsdp=2 mesh, via train.py."""
+  """6 steps straight through on a data=4 x fsdp=2 mesh, via train.py, keeping a moving
+  average of the weights: evaluation, init_from and resume then all go through it."""
   workdir = str(tmp_path_factory.mktemp('straight'))
   overrides = {**TINY, 'data.data_dir': data_dir, 'train.num_steps': 6,
-               'checkpoint.every_steps': 3, 'mesh.data': 4, 'mesh.fsdp': 2}
+               'checkpoint.every_steps': 3, 'mesh.data': 4, 'mesh.fsdp': 2,
+               'optimizer.ema_decay': 0.99}
   run_main('train.py', ['--config=configs/mnist1d.py', f'--workdir={workdir}', *flags_for(overrides)])
   return workdir, overrides
 
@@ -74,9 +76,10 @@ def test_resumed_run_matches_uninterrupted(straight_run, tmp_path):
   first = run_main('train.py', args)
   assert 'stopped_early' in first.stdout
   run_main('train.py', args)  # a new process: resumes from step 3
-  want = _restore_params(straight, 6)
-  got = _restore_params(workdir, 6)
-  jax.tree.map(np.testing.assert_array_equal, got, want)
+  want = _restore_state(straight, 6)
+  got = _restore_state(workdir, 6)
+  for item in ('params', 'ema_params'):  # the average resumes exactly too
+    jax.tree.map(np.testing.assert_array_equal, got[item], want[item])
   losses = lambda w: [r['loss'] for r in read(os.path.join(w, 'metrics.jsonl')) if r['split'] == 'train']
   assert losses(workdir) == losses(straight)
 
@@ -91,6 +94,10 @@ def test_eval_reproduces_trainer_accuracy_on_another_mesh(straight_run):
   with open(os.path.join(workdir, 'eval_6.json')) as f:
     result = json.load(f)
   assert result['step'] == 6 and result['num_examples'] == 1000
+  # Both evaluated the moving average, which is not the last step's weights.
+  saved = _restore_state(workdir, 6)
+  assert not np.array_equal(*(_leaves_by_name(saved[k])['encoder/z_pos_enc/pos_embs']
+                              for k in ('params', 'ema_params')))
   assert result['accuracy'] == pytest.approx(logged['accuracy'], abs=1e-6)
   assert result['loss'] == pytest.approx(logged['loss'], rel=1e-5)
 
@@ -142,7 +149,7 @@ def test_init_from_loads_weights_and_keeps_excluded_ones_fresh(straight_run, dat
   mesh = shd.make_mesh({'data': 2, 'fsdp': 4, 'tensor': 1})
   run = Run.from_input_shape(config, (40, 1), mesh)
   fresh, shardings = run.init_state(), run.state_shardings
-  trained = _leaves_by_name(_restore_params(workdir, 6))
+  trained = _leaves_by_name(_restore_state(workdir, 6)['ema_params'])  # the evaluated weights
   fresh_leaves = _leaves_by_name(fresh.params)
   state = finetune.init_from_checkpoint(fresh, shardings, workdir, exclude='decoder/.*')
   got = _leaves_by_name(state.params)
