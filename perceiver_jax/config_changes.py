@@ -43,7 +43,8 @@ EVAL_COMPARED = ('data', 'task', 'model')
 # (evaluator.result_name).
 EVAL_FREE = (*_READING, *_KERNELS, 'data.eval_split', 'data.train_split', 'data.augment',
              'data.max_shift', 'data.scale_range', 'data.noise_std',
-             'model.encoder.dropout_prob', 'model.encoder.dropout_attn_prob')
+             'model.encoder.dropout_prob', 'model.encoder.dropout_attn_prob',
+             'model.encoder.input_dropout_prob')
 
 
 def as_json(config) -> dict:

@@ -48,8 +48,8 @@ class PerceiverEncoder(nnx.Module):
                self_attend_widening_factor: int = 1, qk_channels: int | None = None,
                v_channels: int | None = None, cross_attention_shape_for_attn: str = 'kv',
                use_query_residual: bool = True, dropout_prob: float = 0.0,
-               dropout_attn_prob: float = 0.0, latent_init_scale: float = 0.02,
-               cross_attend_every_block: bool = False,
+               dropout_attn_prob: float = 0.0, input_dropout_prob: float = 0.0,
+               latent_init_scale: float = 0.02, cross_attend_every_block: bool = False,
                share_cross_attend_weights: bool = True,
                remat: str = 'none', scan_blocks: bool = True,
                settings: ModelSettings = DEFAULT, dtype: Dtype = jnp.float32,
@@ -63,7 +63,12 @@ class PerceiverEncoder(nnx.Module):
     # 0 self-attends: a cross-attend only (the benchmarks' attention-only models).
     checks.at_least_zero(num_self_attends_per_block=num_self_attends_per_block)
     checks.optional_positive(qk_channels=qk_channels, v_channels=v_channels)
-    checks.probability(dropout_prob=dropout_prob, dropout_attn_prob=dropout_attn_prob)
+    checks.probability(dropout_prob=dropout_prob, dropout_attn_prob=dropout_attn_prob,
+                       input_dropout_prob=input_dropout_prob)
+    # Training hides each input from every cross-attend with this probability (the same
+    # inputs for all latents and blocks of an example): an augmentation a set model takes
+    # without changing shape, like PatchDropout for ViTs. At least one input stays.
+    self.input_dropout_prob = float(input_dropout_prob)
     checks.choice('remat', remat, REMAT_POLICIES)
     checks.choice('cross_attention_shape_for_attn', cross_attention_shape_for_attn,
                   ('q', 'kv'))
@@ -137,6 +142,8 @@ class PerceiverEncoder(nnx.Module):
     latent_names = ('batch', 'latents', 'act_embed')
     z = constrain(z, latent_names)
     inputs = constrain(inputs, ('batch', 'length', None))
+    if not deterministic and self.input_dropout_prob > 0.0:
+      input_mask = self._drop_inputs(input_mask, inputs.shape[:2], rngs)
     mask = None
     if input_mask is not None:
       mask = input_mask.astype(bool)[:, None, None, :]  # -> [batch, 1, 1, N]
@@ -156,6 +163,16 @@ class PerceiverEncoder(nnx.Module):
       return z
     return self._scan_shared_blocks(z, inputs, mask, repeats, deterministic=deterministic,
                                     rngs=rngs)
+
+  def _drop_inputs(self, input_mask, shape, rngs: nnx.Rngs | None) -> jax.Array:
+    """input_mask with each input also hidden with probability input_dropout_prob; an
+    example left with none attends to the inputs it had."""
+    if rngs is None:
+      raise ValueError('input_dropout_prob > 0 needs rngs with a dropout stream in training.')
+    keep = jax.random.bernoulli(rngs.dropout(), 1.0 - self.input_dropout_prob, shape)
+    allowed = jnp.ones(shape, bool) if input_mask is None else input_mask.astype(bool)
+    kept = keep & allowed
+    return jnp.where(kept.any(axis=1, keepdims=True), kept, allowed)
 
   def _block(self, block: int, z: jax.Array, inputs: jax.Array, mask, *,
              deterministic: bool, rngs: nnx.Rngs | None,
