@@ -12,7 +12,9 @@ flow: skimage_flow/crop64 (64x64 frame pairs warped from scikit-image photograph
       on the test split, over all pixels and over the pixels whose target is in frame 2
       (perceiver_jax/flow_metrics.py); and, as an oracle that reads the true flow, the EPE
       of predicting each pair's own mean flow (what recovering only the global translation
-      would give).
+      would give); and classical block matching, no learning: each pixel takes the integer
+      shift up to 4 px whose 7x7 block of frame 2 best matches its own (the argmin of
+      configs/flow_skimage.py's cost volume, model/image_processors.flow_match_costs).
 
 ar:   python_stdlib/packed (the stdlib's files joined by a zero byte, 16385-byte windows,
       file-level split): the bytes Perceiver AR's evaluation predicts (each test window's
@@ -38,6 +40,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from perceiver_jax import flow_metrics  # noqa: E402
 from perceiver_jax.data import mlm_masking, pipeline  # noqa: E402
+from perceiver_jax.model.image_processors import flow_match_costs  # noqa: E402
 
 
 def masked(source, seed: int, word_definition: str):
@@ -70,13 +73,29 @@ def mean_flow_oracle_epe(examples) -> float:
   return total / count
 
 
+def block_matching_epe(examples, radius: int = 4, window: int = 7) -> float:
+  """EPE over valid pixels of block matching: each pixel's flow is the shift (dx, dy) with
+  the lowest mean squared difference over the window x window block around it."""
+  shifts = np.array([(dx, dy) for dy in range(-radius, radius + 1)
+                     for dx in range(-radius, radius + 1)], np.float64)
+  total = count = 0.0
+  for example in examples:
+    frames = np.asarray(example['frames'], np.float32)[None] / 127.5 - 1
+    costs = np.asarray(flow_match_costs(frames, radius, window))[0]
+    valid = np.asarray(example['valid'], bool)
+    error = np.linalg.norm(shifts[costs.argmin(-1)] - example['flow'], axis=-1)[valid]
+    total, count = total + error.sum(), count + error.size
+  return total / count
+
+
 def flow_baseline(data_dir: str | None) -> dict:
   builder = pipeline.prepare('skimage_flow/crop64', data_dir)
   test = builder.as_data_source('test')
   return {'baseline': 'zero_flow', 'dataset': 'skimage_flow/crop64', 'test_examples': len(test),
           'epe_all_pixels': flow_metrics.zero_flow_epe(test, valid_only=False),
           'epe_valid_pixels': flow_metrics.zero_flow_epe(test, valid_only=True),
-          'mean_flow_oracle_epe_valid_pixels': mean_flow_oracle_epe(test)}
+          'mean_flow_oracle_epe_valid_pixels': mean_flow_oracle_epe(test),
+          'block_matching_epe_valid_pixels': block_matching_epe(test)}
 
 
 def _ngram_keys(stream: np.ndarray, order: int) -> np.ndarray:

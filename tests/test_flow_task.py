@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from benchmarks.baselines import mean_flow_oracle_epe
+from benchmarks.baselines import block_matching_epe, mean_flow_oracle_epe
 from configs import flow_autoflow, flow_skimage
 from perceiver_jax import trainer
 from perceiver_jax.data import pipeline
@@ -78,6 +78,21 @@ def test_mean_flow_oracle_epe_is_zero_for_a_translation_and_pools_pixels():
   split = {'flow': np.array([[[0.0, 0.0], [2.0, 0.0], [9.0, 9.0]]]),
            'valid': np.array([[True, True, False]])}
   assert mean_flow_oracle_epe([split, shift]) == pytest.approx(2 / 6)
+
+
+def test_block_matching_finds_an_integer_translation_and_pools_pixels():
+  rng = np.random.default_rng(0)
+  frame2 = rng.integers(0, 256, (20, 20, 3)).astype(np.uint8)
+  frame1 = np.roll(frame2, shift=(-2, 1), axis=(0, 1))  # frame1(y, x) = frame2(y+2, x-1)
+  valid = np.zeros((20, 20), bool)
+  valid[5:15, 5:15] = True  # away from the wrapped border
+  flow = np.tile(np.float32([-1.0, 2.0]), (20, 20, 1))  # (dx, dy)
+  moved = {'frames': np.stack([frame1, frame2]), 'flow': flow, 'valid': valid}
+  assert block_matching_epe([moved], radius=3, window=5) == 0.0
+  # Told the wrong flow (0, 0), every valid pixel is off by |(-1, 2)|.
+  wrong = dict(moved, flow=np.zeros_like(flow))
+  assert block_matching_epe([wrong, moved], radius=3, window=5) == pytest.approx(
+      np.sqrt(5) / 2)
 
 
 # ------------------------------------------------------------------------------------------

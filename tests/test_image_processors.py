@@ -192,6 +192,33 @@ def test_flow_inputs_stack_both_frames_per_pixel():
   np.testing.assert_array_equal(out, expected)
 
 
+def test_flow_match_costs_match_a_loop_over_displacements_and_window():
+  frames = random((1, 2, 5, 6, 2))
+  out = np.asarray(img.flow_match_costs(frames, radius=1, window=3))
+  f1, f2 = np.asarray(frames[0, 0]), np.asarray(frames[0, 1])
+  f2 = np.pad(f2, [(1, 1), (1, 1), (0, 0)], mode='edge')  # frame 2 repeats its border
+  assert out.shape == (1, 5, 6, 9)
+  for k, (dy, dx) in enumerate((dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)):
+    cost = ((f1 - f2[1 + dy:6 + dy, 1 + dx:7 + dx]) ** 2).mean(-1)
+    for y in range(5):
+      for x in range(6):  # the mean over the 3x3 pixels around that lie in the image
+        expected = cost[max(y - 1, 0):y + 2, max(x - 1, 0):x + 2].mean()
+        np.testing.assert_allclose(out[0, y, x, k], expected, rtol=1e-5)
+
+
+def test_flow_match_probabilities_peak_at_the_true_shift():
+  # Frame 1 shows frame 2 moved by (dy, dx) = (1, -2): frame1(y, x) = frame2(y + 1, x - 2).
+  frame2 = random((1, 12, 12, 3))
+  frame1 = jnp.roll(frame2, shift=(-1, 2), axis=(1, 2))
+  prep = make((2, 12, 12, 3), None, prep_type='patches', spatial_downsample=1,
+              temporal_downsample=2, flow_patch_size=3, flow_cost_radius=2, flow_cost_window=3)
+  out = np.asarray(prep(jnp.stack([frame1, frame2], 1)).inputs).reshape(1, 12, 12, -1)
+  assert out.shape[-1] == 54 + 25  # both frames' patches, then one value per displacement
+  probs = out[0, 3:9, 3:9, 54:]  # away from the wrapped border
+  np.testing.assert_allclose(probs.sum(-1), 1.0, rtol=1e-5)
+  assert (probs.argmax(-1) == (1 + 2) * 5 + (-2 + 2)).all()
+
+
 def test_extra_position_mlps_are_residual():
   prep = make((8, 6, 3), prep_type='pixels', spatial_downsample=1, n_extra_pos_mlp=2)
   assert len(prep.extra_pos_mlp) == 2
@@ -277,6 +304,11 @@ def test_every_param_has_logical_axis_names():
     ((8, 6, 3), dict(prep_type='patches', spatial_downsample=4), 'not divisible'),
     ((8, 8, 3), dict(prep_type='pixels', temporal_downsample=2), 'needs video inputs'),
     ((8, 8, 3), dict(prep_type='patches', flow_patch_size=3), 'needs video-shaped inputs'),
+    ((2, 8, 8, 3), dict(prep_type='patches', spatial_downsample=2, temporal_downsample=2,
+                        flow_cost_radius=2), 'flow_cost_radius needs two frames'),
+    ((2, 8, 8, 3), dict(prep_type='patches', spatial_downsample=1, temporal_downsample=2,
+                        flow_cost_radius=2, flow_cost_temperature=0.0),
+     'flow_cost_temperature must be > 0'),
     ((2, 8, 8, 3), dict(prep_type='conv1x1', temporal_downsample=2, num_channels=4),
      'does not downsample in time'),
     ((8, 3), dict(prep_type='pixels'), r'input_shape \(H, W, C\) or \(T, H, W, C\)'),

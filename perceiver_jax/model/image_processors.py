@@ -57,6 +57,29 @@ def patches_for_flow(frames: jax.Array, size: int = 3) -> jax.Array:
   return jnp.concatenate(shifted, axis=-1)
 
 
+def flow_match_costs(frames: jax.Array, radius: int, window: int) -> jax.Array:
+  """[batch, 2, H, W, C] -> [batch, H, W, (2*radius+1)^2]: for every frame-1 pixel and every
+  displacement (dy, dx) in [-radius, radius]^2 (row-major, dy outer), the squared difference
+  between frame 1 and frame 2 shifted by it, averaged over channels and over the
+  window x window pixels around (a block-matching cost volume). Frame 2 repeats its border
+  beyond the edge; the window average covers only pixels inside the image."""
+  if frames.ndim != 5 or frames.shape[1] != 2:
+    raise ValueError(f'flow_match_costs expects two frames [batch, 2, H, W, C], got shape '
+                     f'{list(frames.shape)}.')
+  first, second = frames[:, 0], frames[:, 1]
+  height, width = first.shape[1:3]
+  padded = jnp.pad(second, [(0, 0), (radius, radius), (radius, radius), (0, 0)], mode='edge')
+  costs = jnp.stack([
+      jnp.mean(jnp.square(first - padded[:, dy:dy + height, dx:dx + width]), axis=-1)
+      for dy in range(2 * radius + 1) for dx in range(2 * radius + 1)], axis=-1)
+  half = window // 2
+  pads = [(0, 0), (half, window - 1 - half), (half, window - 1 - half), (0, 0)]
+  box = lambda v: jax.lax.reduce_window(v, 0.0, jax.lax.add, (1, window, window, 1),
+                                        (1, 1, 1, 1), pads)
+  counts = box(jnp.ones((1, height, width, 1), costs.dtype))
+  return box(costs) / counts
+
+
 def _conv_out(n: int) -> int:
   # 7x7 stride-2 conv: SAME gives ceil(n/2); HF pads 3+3, which gives the same size.
   return -(-n // 2)
@@ -140,6 +163,13 @@ class ImagePreprocessor(_PositionalPreprocessor):
   input width (features + position channels when concatenated).
   `flow_patch_size` > 0 first replaces each pixel of a video by its
   flow_patch_size^2 neighbourhood (the optical-flow model's input mode).
+  `flow_cost_radius` > 0 (not in the paper, which feeds the patches alone) adds to each
+  pixel of a frame pair how well it matches frame 2 at every displacement up to that
+  radius: a softmax over displacements of -cost / flow_cost_temperature, the cost being
+  `flow_match_costs` over flow_cost_window^2 pixels (the temperature is in squared input
+  units: frames in [-1, 1] for the flow models). It needs prep_type 'patches' with
+  spatial_downsample 1 and temporal_downsample 2 on two frames, so each output token is a
+  frame-1 pixel; the probabilities are concatenated before `conv_after_patching`'s linear.
   """
   HAIKU_NAMES = {'convnet': '~/conv2_d_downsample', 'convnet_1x1': '~/conv2_d',
                  'patches_linear': 'patches_linear',
@@ -151,7 +181,9 @@ class ImagePreprocessor(_PositionalPreprocessor):
                spatial_downsample: int = 4, temporal_downsample: int = 1,
                num_channels: int = 64, conv_after_patching: bool = False,
                conv2d_use_batchnorm: bool = True, conv_padding: str = 'same',
-               flow_patch_size: int = 0, n_extra_pos_mlp: int = 0, position_encoding=None,
+               flow_patch_size: int = 0, flow_cost_radius: int = 0,
+               flow_cost_window: int = 7, flow_cost_temperature: float = 1e-3,
+               n_extra_pos_mlp: int = 0, position_encoding=None,
                combine: str = 'concat', dtype: Dtype = jnp.float32,
                param_dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
     self.input_shape = tuple(int(n) for n in input_shape)
@@ -166,11 +198,18 @@ class ImagePreprocessor(_PositionalPreprocessor):
                        f"(DeepMind) and 'transformers' (HF's port).")
     checks.positive(spatial_downsample=spatial_downsample,
                     temporal_downsample=temporal_downsample)
-    checks.at_least_zero(flow_patch_size=flow_patch_size, n_extra_pos_mlp=n_extra_pos_mlp)
+    checks.at_least_zero(flow_patch_size=flow_patch_size, flow_cost_radius=flow_cost_radius,
+                         n_extra_pos_mlp=n_extra_pos_mlp)
+    checks.positive(flow_cost_window=flow_cost_window)
+    if not flow_cost_temperature > 0:
+      raise ValueError(f'flow_cost_temperature must be > 0, got {flow_cost_temperature!r}.')
     self.prep_type = prep_type
     self.spatial_downsample = int(spatial_downsample)
     self.temporal_downsample = int(temporal_downsample)
     self.flow_patch_size = int(flow_patch_size)
+    self.flow_cost_radius = int(flow_cost_radius)
+    self.flow_cost_window = int(flow_cost_window)
+    self.flow_cost_temperature = float(flow_cost_temperature)
     self.is_video = len(self.input_shape) == 4
     if self.flow_patch_size and not self.is_video:
       raise ValueError('flow_patch_size needs video-shaped inputs (T, H, W, C), e.g. the '
@@ -178,6 +217,14 @@ class ImagePreprocessor(_PositionalPreprocessor):
     if self.temporal_downsample != 1 and not self.is_video:
       raise ValueError(f'temporal_downsample={temporal_downsample} needs video inputs '
                        f'(T, H, W, C); input_shape is {self.input_shape}.')
+    pixel_pairs = (self.is_video and self.input_shape[0] == 2 and prep_type == 'patches'
+                   and spatial_downsample == 1 and temporal_downsample == 2)
+    if self.flow_cost_radius and not pixel_pairs:
+      raise ValueError(f"flow_cost_radius needs two frames (input_shape (2, H, W, C)) and "
+                       f"prep_type 'patches' with spatial_downsample=1 and "
+                       f"temporal_downsample=2; got input_shape {self.input_shape}, "
+                       f"prep_type {prep_type!r}, spatial_downsample {spatial_downsample}, "
+                       f"temporal_downsample {temporal_downsample}.")
     needs_width = prep_type in ('conv', 'conv1x1') or (prep_type == 'patches' and
                                                         conv_after_patching)
     if needs_width and num_channels <= 0:
@@ -226,6 +273,8 @@ class ImagePreprocessor(_PositionalPreprocessor):
                          f'spatial/temporal_downsample.')
       index_dims = [n // k for n, k in zip(index_dims, blocks)]
       features = channels * math.prod(blocks)
+      if self.flow_cost_radius:
+        features += (2 * self.flow_cost_radius + 1) ** 2  # one match probability each
       # A video patched down to one time step is an image (DeepMind: "for flow").
       if self.is_video and index_dims[0] == 1:
         self.squeeze_time = True
@@ -253,6 +302,11 @@ class ImagePreprocessor(_PositionalPreprocessor):
     averages when True, batch statistics (and updates the averages) when False."""
     self._check_input(inputs, self.input_shape)
     x = inputs.astype(self.dtype)
+    matches = None
+    if self.flow_cost_radius:
+      costs = flow_match_costs(x.astype(jnp.float32), self.flow_cost_radius,
+                               self.flow_cost_window)
+      matches = jax.nn.softmax(-costs / self.flow_cost_temperature, axis=-1).astype(x.dtype)
     if self.flow_patch_size:
       x = patches_for_flow(x, self.flow_patch_size)
     s, t = self.spatial_downsample, self.temporal_downsample
@@ -266,6 +320,8 @@ class ImagePreprocessor(_PositionalPreprocessor):
       x = space_to_depth(x, ((t,) if self.is_video else ()) + (s, s))
       if self.squeeze_time:
         x = x[:, 0]
+      if matches is not None:
+        x = jnp.concatenate([x, matches], axis=-1)
       if self.patches_linear is not None:
         x = self.patches_linear(x)
     return self._build_network_inputs(x, pos)
