@@ -60,11 +60,12 @@ def get_config(arg=None):
   # without it they only steer the cross-attend's weights.
   model.decoder.use_query_residual = True
 
-  # 0.84M params, 2.5 GFLOPs/example forward: about 1.45 s a step and 50 s a test-split eval
-  # on a 2-core CPU, so 1000 steps (1.6 epochs) and 2 evals fit in 30 minutes.
+  # 0.84M params, 2.5 GFLOPs/example forward: about 1.7 s a step and 50 s a test-split eval
+  # on the 2-core Intel CPU of docs/results.md, so 900 steps (1.4 epochs) and 2 evals fit in
+  # 30 minutes (1000 steps took 30 min 54 s).
   local = variant.runlocal
   config.train.update(batch_size=8 if local else 16,
-                      num_steps=variant.steps or (4 if local else 1000),
+                      num_steps=variant.steps or (4 if local else 900),
                       log_every_steps=2 if local else 50, eval_every_steps=0 if local else 500)
   # Latent telemetry draws per-input heatmaps of 1-D/2-D inputs; frame pairs are neither.
   config.eval.update(batch_size=12 if local else 200, telemetry_examples=0)

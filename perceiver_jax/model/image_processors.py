@@ -72,12 +72,21 @@ def flow_match_costs(frames: jax.Array, radius: int, window: int) -> jax.Array:
   costs = jnp.stack([
       jnp.mean(jnp.square(first - padded[:, dy:dy + height, dx:dx + width]), axis=-1)
       for dy in range(2 * radius + 1) for dx in range(2 * radius + 1)], axis=-1)
+  return _box_mean(costs, window)
+
+
+def _box_mean(x: jax.Array, window: int) -> jax.Array:
+  """Mean of x [batch, H, W, C] over the window x window pixels around each pixel that lie
+  inside the image; as two 1-D sums (rows, then columns), window + window adds a value
+  instead of window^2."""
   half = window // 2
-  pads = [(0, 0), (half, window - 1 - half), (half, window - 1 - half), (0, 0)]
-  box = lambda v: jax.lax.reduce_window(v, 0.0, jax.lax.add, (1, window, window, 1),
-                                        (1, 1, 1, 1), pads)
-  counts = box(jnp.ones((1, height, width, 1), costs.dtype))
-  return box(costs) / counts
+  for axis in (1, 2):
+    dims, pads = [1, 1, 1, 1], [(0, 0)] * 4
+    dims[axis], pads[axis] = window, (half, window - 1 - half)
+    x = jax.lax.reduce_window(x, 0.0, jax.lax.add, tuple(dims), (1, 1, 1, 1), pads)
+  counts = [jnp.minimum(jnp.arange(n) + window - half, n) - jnp.maximum(jnp.arange(n) - half, 0)
+            for n in x.shape[1:3]]
+  return x / (counts[0][:, None, None] * counts[1][None, :, None]).astype(x.dtype)
 
 
 def _conv_out(n: int) -> int:
