@@ -49,9 +49,11 @@ def get_config(arg=None):
   model.preprocessor.position_encoding.max_resolution = (size, size)
   # Not in the paper: each pixel also gets how well it matches frame 2 at every shift up to
   # 4 px (a 7x7 block-matching cost volume, softmaxed over the 81 shifts). With the 3x3
-  # patches alone the model sat at zero flow for 800 of 1000 steps (docs/results.md).
+  # patches alone the model sat at zero flow for 800 of 1000 steps; temperature 1e-4 (sharp
+  # match probabilities) beat 1e-3 (broad where a block has little texture) (docs/results.md).
   model.preprocessor.update(flow_cost_radius=1 if variant.runlocal else 4,
-                            flow_cost_window=3 if variant.runlocal else 7)
+                            flow_cost_window=3 if variant.runlocal else 7,
+                            flow_cost_temperature=1e-4)
   model.encoder = part('encoder', num_latents=16 if variant.runlocal else 256,
                        num_latent_channels=32 if variant.runlocal else 128, num_blocks=1,
                        num_self_attends_per_block=2 if variant.runlocal else 6,

@@ -191,7 +191,7 @@ class ImagePreprocessor(_PositionalPreprocessor):
                num_channels: int = 64, conv_after_patching: bool = False,
                conv2d_use_batchnorm: bool = True, conv_padding: str = 'same',
                flow_patch_size: int = 0, flow_cost_radius: int = 0,
-               flow_cost_window: int = 7, flow_cost_temperature: float = 1e-3,
+               flow_cost_window: int = 7, flow_cost_temperature: float = 1e-4,
                n_extra_pos_mlp: int = 0, position_encoding=None,
                combine: str = 'concat', dtype: Dtype = jnp.float32,
                param_dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
