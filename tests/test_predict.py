@@ -29,6 +29,7 @@ from perceiver_jax.flow_colors import color_wheel, flow_to_rgb
 from perceiver_jax.errors import UserError
 from perceiver_jax.predict import load
 from perceiver_jax.predict_files import predict_files
+from perceiver_jax.tasks.flow import scale_frames
 from perceiver_jax.run import abstract_model
 from perceiver_jax.tokenizer import MASK_ID, PAD_ID
 from tests.helpers import prepared_data_dir, run_main, set_dotted, with_random_weights
@@ -168,7 +169,9 @@ def test_flow_from_two_frames_matches_the_model(flow_workdir):
   frames = np.random.default_rng(0).integers(0, 256, (3, 2, 16, 16, 3), dtype=np.uint8)
   flow = load(workdir).predict(frames)
   assert flow.shape == (3, 16, 16, 2)
-  want = direct(model, {'inputs': jnp.asarray(frames / 127.5 - 1.0, jnp.float32)})
+  # The task's own float32 scaling: the cost volume's sharp softmax (temperature 1e-4)
+  # turns a last-bit difference in the inputs into one of ~1e-4 px in the flow.
+  want = direct(model, {'inputs': jnp.asarray(scale_frames(frames))})
   np.testing.assert_allclose(flow, np.asarray(want), rtol=1e-5, atol=1e-5)
   with pytest.raises(UserError, match=r'shape \(2, 8, 16, 3\)'):
     load(workdir).predict(frames[:, :, :8])
